@@ -1,0 +1,449 @@
+"""Exact circuit model of a resistive crossbar tile (RxNN section V, the FCM).
+
+This module owns the linear network of DESIGN.md section 2: devices `g[i, j]`
+between row nodes `a[i, j]` and column nodes `b[i, j]`, row wire segments
+`r_row`, column wire segments `r_col`, a source resistance `r_source` in front
+of every driven line and a sense resistance `r_sense` in front of every virtual
+ground. It computes
+
+* `effective_conductance`: the matrix `G_eff` with `i_out = v @ G_eff`
+  (forward read) or `i_rows = G_eff_bwd @ v_cols` (backward read), exactly;
+* `node_voltages`: every node voltage and the output currents for given
+  inputs (IR-drop maps, cross-checks).
+
+It does not own device physics (variation, updates: `device.py`), converters
+(`periphery.py`) or the mapping of weights to conductances (`mapping.py`).
+
+The algorithm (see `shared/notes/fcm-solver.md`) eliminates every row chain in
+closed form, then sweeps once over the rows carrying the Norton equivalent of
+the part of the array above the present row as seen from the N column wires:
+an admittance matrix in Laplacian form (shunts `s >= 0`, couplings `w >= 0`)
+and the current `j` that each unit input volt injects. Two operations
+alternate:
+
+* parallel: add row i (its admittance seen from its column nodes, again in
+  Laplacian form, and its injected currents);
+* series: move the ports down through one column wire segment `r`:
+  `Y' = (I + r Y)^-1 Y`, `j' = j (I + r Y)^-1`.
+
+Everything is written in resistance form, so `r = 0` is an ordinary value and
+no step subtracts two wire-sized numbers: `I + r Y` is an M-matrix whose
+diagonal is rebuilt from positive terms, its inverse `P` is entrywise
+non-negative, and the new couplings are `offdiag(P) / r`. This keeps float32
+within ~1e-5 of float64 where a conductance-form sweep loses three digits.
+Cost per tile: `M` inverses of `N x N` plus the `M x N` right-hand side,
+about `2.3 M N^3 + 2 M^2 N^2` flops; the shorter dimension is used as block
+size through reciprocity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Direction = Literal["forward", "backward"]
+_DIRECTIONS = ("forward", "backward")
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wires:
+  """Parasitic resistances of a crossbar tile, in ohms.
+
+  Attributes:
+    r_row: one row wire segment, between `a[i, j]` and `a[i, j + 1]`.
+    r_col: one column wire segment, between `b[i, j]` and `b[i + 1, j]`.
+    r_source: output resistance of the row drivers (forward read).
+    r_sense: input resistance of the column sense amplifiers (forward read).
+    r_source_backward: output resistance of the column drivers in the
+      backward (transposed) read; `None` means `r_source`.
+    r_sense_backward: input resistance of the row sense amplifiers in the
+      backward read; `None` means `r_sense`.
+
+  Every value must be finite and >= 0; 0 is legal and means an ideal wire or
+  terminal. `Wires` is hashable (usable as a static argument) and is also a
+  pytree whose leaves are the resistances, so `jax.grad` can differentiate
+  with respect to them.
+  """
+
+  r_row: float = 0.0
+  r_col: float = 0.0
+  r_source: float = 0.0
+  r_sense: float = 0.0
+  r_source_backward: float | None = None
+  r_sense_backward: float | None = None
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if value is None and field.name.endswith("_backward"):
+        continue
+      if not _is_concrete(value):
+        continue  # Traced (e.g. under jax.grad): validated by the caller.
+      try:
+        as_float = float(np.asarray(value))
+      except (TypeError, ValueError):
+        raise ValueError(
+            f"`{field.name}` must be a resistance in ohm (a finite number >= 0),"
+            f" got {value!r}") from None
+      if not math.isfinite(as_float) or as_float < 0:
+        raise ValueError(
+            f"`{field.name}` must be a finite resistance >= 0 ohm, got {value!r}")
+
+  @classmethod
+  def ideal(cls) -> "Wires":
+    """All resistances zero: `effective_conductance(g, Wires.ideal()) == g`."""
+    return cls()
+
+  def terminals(self, direction: Direction) -> tuple:
+    """(r_along_driven_lines, r_along_sensed_lines, r_source, r_sense)."""
+    _check_direction(direction)
+    if direction == "forward":
+      return self.r_row, self.r_col, self.r_source, self.r_sense
+    r_source = (self.r_source if self.r_source_backward is None
+                else self.r_source_backward)
+    r_sense = (self.r_sense if self.r_sense_backward is None
+               else self.r_sense_backward)
+    return self.r_col, self.r_row, r_source, r_sense
+
+
+def _wires_flatten(w):
+  names = [f.name for f in dataclasses.fields(w)]
+  return tuple(getattr(w, n) for n in names), None
+
+
+def _wires_unflatten(_, children):
+  w = object.__new__(Wires)
+  for field, value in zip(dataclasses.fields(Wires), children):
+    object.__setattr__(w, field.name, value)
+  return w
+
+
+jax.tree_util.register_pytree_node(Wires, _wires_flatten, _wires_unflatten)
+
+
+def _check_direction(direction):
+  if direction not in _DIRECTIONS:
+    raise ValueError(
+        f"`direction` must be one of {_DIRECTIONS}, got {direction!r}")
+
+
+def _check_g(g) -> jax.Array:
+  g = jnp.asarray(g)
+  if g.ndim < 2:
+    raise ValueError(
+        f"`g` must have shape [..., M, N] (rank >= 2), got shape {g.shape}")
+  if g.shape[-1] < 1 or g.shape[-2] < 1:
+    raise ValueError(f"`g` must have M, N >= 1, got shape {g.shape}")
+  if not jnp.issubdtype(g.dtype, jnp.floating):
+    raise TypeError(
+        f"`g` must be a floating-point array (siemens), got dtype {g.dtype}")
+  return g
+
+
+def _flip(x):
+  """Reciprocity map of a tile: [.., M, N] -> [.., N, M], reversed."""
+  return jnp.swapaxes(x[..., ::-1, ::-1], -1, -2)
+
+
+# ---------------------------------------------------------------------------
+# Row chains in closed form.
+
+
+class _Rows(NamedTuple):
+  """Closed-form description of every row chain (columns grounded).
+
+  sigma: [M, N] current into column node b[i, j] per volt at input i
+    (also the shunt of row i's port admittance towards the source).
+  z: [M, N] diagonal of the row chain's impedance matrix T_i^-1 (ohm).
+  log_t: [M, N] cumulative log voltage transfer along the row; the
+    impedance T_i^-1[j, k] = z[min] * exp(log_t[max] - log_t[min]).
+  """
+
+  sigma: jax.Array
+  z: jax.Array
+  log_t: jax.Array
+
+
+def _rows(g, r_row, r_source) -> _Rows:
+  """Closed forms of all row chains of g: [M, N] at once (scans over N)."""
+  gt = g.T  # [N, M]: scan over columns, vector ops over rows.
+
+  # q[j]: admittance seen from a[., j] looking right (open far end).
+  def right(q_next, g_next):
+    y = g_next + q_next
+    q = y / (1 + r_row * y)
+    return q, q
+
+  zeros = jnp.zeros_like(gt[0])
+  _, q = jax.lax.scan(right, zeros, gt[1:], reverse=True)
+  q = jnp.concatenate([q, zeros[None]], axis=0)  # [N, M]
+
+  # rho[j]: resistance seen from a[., j] looking left, towards the source.
+  def left(rho, g_j):
+    rho_next = r_row + rho / (1 + rho * g_j)
+    return rho_next, rho
+
+  rho0 = jnp.broadcast_to(jnp.asarray(r_source, g.dtype), zeros.shape)
+  _, rho = jax.lax.scan(left, rho0, gt)  # [N, M]
+
+  load = gt + q
+  z = rho / (1 + rho * load)
+  r_first = jnp.concatenate(
+      [jnp.broadcast_to(jnp.asarray(r_source, g.dtype), (1,) + zeros.shape),
+       jnp.broadcast_to(jnp.asarray(r_row, g.dtype), gt[1:].shape)], axis=0)
+  log_t = jnp.cumsum(-jnp.log1p(r_first * load), axis=0)
+  sigma = gt * jnp.exp(log_t)
+  return _Rows(sigma.T, z.T, log_t.T)
+
+
+def _row_impedance(z, log_t):
+  """T^-1 of one row chain, [N, N], from its closed-form description."""
+  lo = jnp.minimum(jnp.arange(z.shape[-1])[:, None],
+                   jnp.arange(z.shape[-1])[None, :])
+  dist = jnp.abs(log_t[:, None] - log_t[None, :])
+  return z[lo] * jnp.exp(-dist)
+
+
+def _row_coupling(g_i, z_i, log_t_i):
+  """Couplings w >= 0 of row i's admittance seen from its column nodes."""
+  w = g_i[:, None] * _row_impedance(z_i, log_t_i) * g_i[None, :]
+  return w * (1 - jnp.eye(w.shape[-1], dtype=w.dtype))
+
+
+# ---------------------------------------------------------------------------
+# The sweep over rows.
+
+
+def _series(s, w, r, skip):
+  """Ports of (s, w) moved through a series resistance r on every line.
+
+  Returns (s', w', p) with p = (I + r Y)^-1, entrywise >= 0.
+  """
+  n = s.shape[-1]
+  eye = jnp.eye(n, dtype=s.dtype)
+  if skip:
+    return s, w, None
+  a = eye * (1 + r * (s + w.sum(-1))) - r * w
+  p = jnp.linalg.inv(a)
+  s_new = p @ s
+  off = p * (1 - eye)
+  positive = r > 0
+  w_new = jnp.where(positive, off / jnp.where(positive, r, 1), w)
+  return s_new, w_new, p
+
+
+def _sweep_geff(g, r_row, r_col, r_source, r_sense, skip_col, skip_sense):
+  """G_eff of one tile g: [M, N], sweeping over its M rows."""
+  m, n = g.shape
+  rows = _rows(g, r_row, r_source)
+
+  @jax.checkpoint
+  def step(carry, xs):
+    s, w, j = carry
+    i, g_i, sigma_i, z_i, log_t_i = xs
+    s, w, p = _series(s, w, r_col, skip_col)
+    if p is not None:
+      j = j @ p
+    s = s + sigma_i
+    w = w + _row_coupling(g_i, z_i, log_t_i)
+    j = jax.lax.dynamic_update_index_in_dim(j, sigma_i, i, axis=0)
+    return (s, w, j), None
+
+  init = (jnp.zeros((n,), g.dtype), jnp.zeros((n, n), g.dtype),
+          jnp.zeros((m, n), g.dtype))
+  (s, w, j), _ = jax.lax.scan(
+      step, init, (jnp.arange(m), g, rows.sigma, rows.z, rows.log_t))
+  _, _, p = _series(s, w, r_sense, skip_sense)
+  return j if p is None else j @ p
+
+
+def _oriented(g, wires, direction):
+  """Tile and terminals in forward orientation, and the map back."""
+  r_along, r_across, r_source, r_sense = wires.terminals(direction)
+  if direction == "backward":
+    # Columns are driven from b[M-1, j], rows sensed at a[i, 0]: the same
+    # network as a forward read of the flipped-transposed tile.
+    return _flip(g), (r_along, r_across, r_source, r_sense), _flip
+  return g, (r_along, r_across, r_source, r_sense), lambda x: x
+
+
+def _static_zero(r) -> bool:
+  return _is_concrete(r) and float(np.asarray(r)) == 0.0
+
+
+@jax.jit
+def _geff_traced(g, resistances):
+  return _geff_impl(g, resistances, (False,) * 4)
+
+
+def _geff_impl(g, resistances, skips):
+  """G_eff of g: [..., M, N] (forward orientation); skips: zero flags."""
+  r_row, r_col, r_source, r_sense = (jnp.asarray(r, g.dtype)
+                                     for r in resistances)
+  m, n = g.shape[-2:]
+  batch = g.shape[:-2]
+  flat = g.reshape((-1, m, n))
+  if n > m:
+    # Reciprocity: block size min(M, N). Sources and senses swap roles.
+    fn = lambda t: _flip(_sweep_geff(_flip(t), r_col, r_row, r_sense,
+                                     r_source, skips[0], skips[2]))
+  else:
+    fn = lambda t: _sweep_geff(t, r_row, r_col, r_source, r_sense, skips[1],
+                               skips[3])
+  out = jax.vmap(fn)(flat)
+  return out.reshape(batch + (m, n))
+
+
+_geff_static = jax.jit(_geff_impl, static_argnums=(2,))
+
+
+def effective_conductance(g, wires: Wires, *,
+                          direction: Direction = "forward") -> jax.Array:
+  """Exact effective conductance matrix of crossbar tiles.
+
+  Args:
+    g: `[..., M, N]` device conductances in siemens (>= 0), float32 or
+      float64. Leading axes are batch axes (tiles, chips).
+    wires: the tile's parasitic resistances.
+    direction: "forward" (rows driven, columns sensed) or "backward" (columns
+      driven from the bottom, rows sensed at the left; DESIGN.md section 2).
+
+  Returns:
+    `[..., M, N]` array in the dtype of `g`. Forward: `i_out = v @ G_eff`
+    (`v: [M]` volts, `i_out: [N]` amperes). Backward:
+    `i_rows = G_eff_bwd @ v_cols`. With all resistances 0 it equals `g`.
+
+  Raises:
+    ValueError / TypeError: bad rank, empty axes, non-float dtype or unknown
+      direction (at trace time).
+  """
+  _check_direction(direction)
+  g = _check_g(g)
+  g, resistances, back = _oriented(g, wires, direction)
+  if all(_is_concrete(r) for r in resistances):
+    # Static resistances: zero series elements are skipped at trace time.
+    # skips[k]: resistance k (r_row, r_col, r_source, r_sense) is exactly 0.
+    skips = tuple(_static_zero(r) for r in resistances)
+    resistances = tuple(float(np.asarray(r)) for r in resistances)
+    out = _geff_static(g, resistances, skips)
+  else:
+    out = _geff_traced(g, resistances)
+  return back(out)
+
+
+# ---------------------------------------------------------------------------
+# Per-input node voltages.
+
+
+class NodeVoltages(NamedTuple):
+  """Solution of the tile network for given inputs.
+
+  v_row: `[..., M, N]` voltages of the row nodes a[i, j] (volts).
+  v_col: `[..., M, N]` voltages of the column nodes b[i, j] (volts).
+  i_out: output currents (amperes): `[..., N]` into the column virtual
+    grounds (forward) or `[..., M]` into the row virtual grounds (backward).
+  """
+
+  v_row: jax.Array
+  v_col: jax.Array
+  i_out: jax.Array
+
+
+def _sweep_nodes(g, v, r_row, r_col, r_source, r_sense):
+  """Node voltages of one tile g: [M, N] for one input v: [M]."""
+  m, n = g.shape
+  rows = _rows(g, r_row, r_source)
+
+  def down(carry, xs):
+    s, w, j = carry
+    g_i, sigma_i, z_i, log_t_i, v_i = xs
+    s, w, p = _series(s, w, r_col, False)
+    j = j @ p
+    saved = (s, w, j)
+    s = s + sigma_i
+    w = w + _row_coupling(g_i, z_i, log_t_i)
+    j = j + v_i * sigma_i
+    return (s, w, j), saved
+
+  init = (jnp.zeros((n,), g.dtype), jnp.zeros((n, n), g.dtype),
+          jnp.zeros((n,), g.dtype))
+  (s, w, j), (s_up, w_up, j_up) = jax.lax.scan(
+      down, init, (g, rows.sigma, rows.z, rows.log_t, v))
+  _, _, p = _series(s, w, r_sense, False)
+  i_out = j @ p
+  u_last = r_sense * i_out
+
+  def up(u, xs):
+    s_i, w_i, j_i = xs
+    # Current arriving at b[i] from above through the wire segment.
+    y_u = (s_i + w_i.sum(-1)) * u - w_i @ u
+    u_above = u + r_col * (j_i - y_u)
+    return u_above, u
+
+  _, v_col = jax.lax.scan(up, u_last, (s_up, w_up, j_up), reverse=True)
+
+  def row_voltages(g_i, z_i, log_t_i, u_i, v_i):
+    return (_row_impedance(z_i, log_t_i) @ (g_i * u_i)
+            + jnp.exp(log_t_i) * v_i)
+
+  v_row = jax.vmap(row_voltages)(g, rows.z, rows.log_t, v_col, v)
+  return v_row, v_col, i_out
+
+
+@jax.jit
+def _nodes_impl(g, v, resistances):
+  r_row, r_col, r_source, r_sense = (jnp.asarray(r, g.dtype)
+                                     for r in resistances)
+  fn = lambda t, x: _sweep_nodes(t, x, r_row, r_col, r_source, r_sense)
+  return jax.vmap(fn)(g, v)
+
+
+def node_voltages(g, v, wires: Wires, *,
+                  direction: Direction = "forward") -> NodeVoltages:
+  """Exact per-input solve of the tile network.
+
+  Args:
+    g: `[..., M, N]` device conductances in siemens.
+    v: input voltages (volts): `[..., M]` on the rows (forward) or `[..., N]`
+      on the columns (backward). Leading axes broadcast against those of g.
+    wires: the tile's parasitic resistances.
+    direction: "forward" or "backward" (DESIGN.md section 2).
+
+  Returns:
+    NodeVoltages with every row and column node voltage and the output
+    currents, in the dtype of g.
+  """
+  _check_direction(direction)
+  g = _check_g(g)
+  m, n = g.shape[-2:]
+  v = jnp.asarray(v, g.dtype)
+  want = m if direction == "forward" else n
+  if v.ndim < 1 or v.shape[-1] != want:
+    raise ValueError(
+        f"`v` must have shape [..., {want}] for a {direction} read of a "
+        f"{m}x{n} tile, got {v.shape}")
+  batch = jnp.broadcast_shapes(g.shape[:-2], v.shape[:-1])
+  g_b = jnp.broadcast_to(g, batch + (m, n)).reshape((-1, m, n))
+  v_b = jnp.broadcast_to(v, batch + (want,)).reshape((-1, want))
+  g_o, resistances, _ = _oriented(g_b, wires, direction)
+  if direction == "backward":
+    # Driven lines are the columns, bottom first.
+    v_b = v_b[:, ::-1]
+  v_row, v_col, i_out = _nodes_impl(g_o, v_b, resistances)
+  if direction == "backward":
+    # In the flipped tile the driven "rows" are our columns.
+    v_row, v_col = _flip(v_col), _flip(v_row)
+    i_out = i_out[:, ::-1]
+  k = i_out.shape[-1]
+  return NodeVoltages(v_row.reshape(batch + (m, n)),
+                      v_col.reshape(batch + (m, n)),
+                      i_out.reshape(batch + (k,)))
