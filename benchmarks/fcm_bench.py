@@ -1,0 +1,370 @@
+"""Speed of the exact G_eff (FCM) against scipy sparse LU, per tile.
+
+    python benchmarks/fcm_bench.py            # 16..512, ~3-4 min on 2 cores
+    python benchmarks/fcm_bench.py --quick    # 16..256, sparse LU up to 256
+    python benchmarks/fcm_bench.py --sizes 64 128
+
+Both sides compute the same quantity, the full `[M, N]` matrix `G_eff` of a
+ReRAM tile (devices 100 kOhm-1 MOhm, i.e. g uniform in [1e-6, 1e-5] S;
+r_row 1 ohm, r_col 4.6 ohm, r_source = r_sense = 100 ohm; DESIGN.md
+section 2):
+
+* rxjax: `rxjax.effective_conductance`, jitted and compiled ahead of time
+  (the compile time is its own column), timed with `block_until_ready`, best
+  of a few repeats. Single tiles and, up to 128 x 128, batches of tiles
+  (64 at 16, 32 at 32, 16 at 64, 4 at 128); 256 and 512 are timed as single
+  tiles only.
+* splu: the plain nodal matrix (2MN unknowns: row nodes a, column nodes b;
+  the sources folded into the right-hand side as Dirichlet terminals, the
+  sense resistors as shunts to ground), assembled vectorized and untimed,
+  then `scipy.sparse.linalg.splu` once and one solve for all M unit inputs;
+  column j's current is `v_b[M-1, j] / r_sense`. Only factorization + solve
+  is timed. Its G_eff must agree with rxjax float64 to 1e-9 (relative, every
+  entry) or the script fails.
+
+The float64 single-tile rows of both sides run in a fresh subprocess each
+(`--child`), which also reports the process peak RSS increase over a
+baseline taken after importing jax and allocating the inputs (VmHWM after
+resetting it through /proc/self/clear_refs; ru_maxrss where that is not
+possible). For rxjax it includes XLA compilation. The last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+
+import rxjax  # noqa: E402  (after enabling float64)
+
+R_ROW, R_COL, R_SOURCE, R_SENSE = 1.0, 4.6, 100.0, 100.0
+G_MIN, G_MAX = 1e-6, 1e-5  # 1 MOhm .. 100 kOhm
+WIRES = rxjax.Wires(r_row=R_ROW, r_col=R_COL, r_source=R_SOURCE,
+                    r_sense=R_SENSE)
+ALL_SIZES = (16, 32, 64, 128, 256, 512)
+BATCH = {16: 64, 32: 32, 64: 16, 128: 4}  # larger sizes: one tile only
+SPLU_MAX_QUICK = 256
+TOLERANCE = 1e-9  # rxjax float64 vs splu, max relative difference
+
+
+def tiles(size: int, batch: int, seed: int = 0) -> np.ndarray:
+  """`[batch, size, size]` float64 conductances; tile 0 is the same for all
+  batch sizes (so batched rows can be checked against the splu tile)."""
+  rng = np.random.default_rng([seed, size])
+  first = rng.uniform(G_MIN, G_MAX, (1, size, size))
+  rest = rng.uniform(G_MIN, G_MAX, (batch - 1, size, size))
+  return np.concatenate([first, rest], axis=0)
+
+
+def _status_gb(field: str) -> float | None:
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith(field + ":"):
+          return int(line.split()[1]) * 1024 / 1e9  # kB
+  except OSError:
+    pass
+  return None
+
+
+def _start_peak() -> float:
+  """Baseline for the peak RSS increase; resets the peak where Linux can.
+
+  Writing 5 to /proc/self/clear_refs resets VmHWM (the peak RSS) to the
+  present RSS, so transient peaks of importing jax do not hide the
+  computation's own. Elsewhere fall back to ru_maxrss (a high-water mark).
+  """
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return _status_gb("VmRSS")
+  except OSError:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def _peak_increase(base: float) -> float:
+  peak = _status_gb("VmHWM")
+  if peak is None:
+    # Linux reports ru_maxrss in KiB.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+  return peak - base
+
+
+def _load() -> str:
+  try:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+  except OSError:
+    return "n/a"
+
+
+def _repeats(size: int, splu: bool = False) -> int:
+  if size >= 512:
+    return 1
+  if size >= 256:
+    return 2 if splu else 3
+  return 5
+
+
+# ---------------------------------------------------------------------------
+# rxjax
+
+
+def time_rxjax(g: np.ndarray, repeats: int, after_compile=lambda: None):
+  """(best seconds per call, compile seconds, G_eff) for g: [B, M, N]."""
+  g = jax.device_put(g)
+  fn = jax.jit(functools.partial(rxjax.effective_conductance, wires=WIRES))
+  start = time.perf_counter()
+  compiled = fn.lower(g).compile()
+  compile_s = time.perf_counter() - start
+  after_compile()
+  if g.shape[-1] < 512:
+    compiled(g).block_until_ready()  # Warm-up (first-execution overheads).
+  times = []
+  for _ in range(min(repeats, 3)):
+    start = time.perf_counter()
+    out = compiled(g).block_until_ready()
+    times.append(time.perf_counter() - start)
+  # Small tiles take microseconds: average over enough calls per repeat.
+  # On a shared machine single calls stall now and then, so small sizes get
+  # more repeats within a time budget and the best one counts.
+  inner = max(1, int(0.01 / max(min(times), 1e-6)))
+  budget = 0.5 if g.shape[-1] <= 128 else 0.0
+  spent = sum(times)
+  while len(times) < repeats or (spent < budget and len(times) < 100):
+    start = time.perf_counter()
+    for _ in range(inner):
+      out = compiled(g)
+    out.block_until_ready()
+    elapsed = time.perf_counter() - start
+    spent += elapsed
+    times.append(elapsed / inner)
+  best = min(times)
+  return best, compile_s, np.asarray(out)
+
+
+# ---------------------------------------------------------------------------
+# scipy sparse LU of the nodal matrix
+
+
+def nodal_system(g: np.ndarray):
+  """Nodal matrix K (csc), right-hand sides [2MN, M] and sense node indices.
+
+  Unknowns: a[i, j] = i * N + j, b[i, j] = M N + i * N + j. Every resistance
+  is > 0 here (ReRAM regime), so plain nodal analysis suffices: a source
+  resistor adds g_source to K[a[i,0], a[i,0]] and g_source * v_i to the
+  right-hand side; a sense resistor is a shunt g_sense at b[M-1, j].
+  """
+  import scipy.sparse as sp
+  m, n = g.shape
+  a = np.arange(m * n).reshape(m, n)
+  b = a + m * n
+  p = np.concatenate([a[:, :-1].ravel(), b[:-1].ravel(), a.ravel()])
+  q = np.concatenate([a[:, 1:].ravel(), b[1:].ravel(), b.ravel()])
+  y = np.concatenate([np.full(m * (n - 1), 1 / R_ROW),
+                      np.full((m - 1) * n, 1 / R_COL), g.ravel()])
+  rows = np.concatenate([p, q, p, q, a[:, 0], b[-1]])
+  cols = np.concatenate([p, q, q, p, a[:, 0], b[-1]])
+  vals = np.concatenate([y, y, -y, -y, np.full(m, 1 / R_SOURCE),
+                         np.full(n, 1 / R_SENSE)])
+  k = sp.csc_matrix((vals, (rows, cols)), shape=(2 * m * n, 2 * m * n))
+  rhs = np.zeros((2 * m * n, m))
+  rhs[a[:, 0], np.arange(m)] = 1 / R_SOURCE  # unit volt on input i
+  return k, rhs, b[-1]
+
+
+def time_splu(g: np.ndarray, repeats: int, permc_spec: str):
+  """(best seconds of factor + solve, G_eff) for one tile g: [M, N]."""
+  import scipy.sparse.linalg as spla
+  k, rhs, sense = nodal_system(g)
+  times = []
+  budget = 0.5 if g.shape[-1] <= 128 else 0.0  # as for rxjax
+  while len(times) < repeats or (sum(times) < budget and len(times) < 100):
+    start = time.perf_counter()
+    x = spla.splu(k, permc_spec=permc_spec).solve(rhs)
+    times.append(time.perf_counter() - start)
+  best = min(times)
+  g_eff = (x[sense] / R_SENSE).T  # [N, M] -> [M, N]
+  return best, g_eff
+
+
+# ---------------------------------------------------------------------------
+# Child process: one float64 single-tile measurement with its peak memory.
+
+
+def child(args) -> None:
+  size = args.child
+  g = tiles(size, 1)
+  base = _start_peak()
+  run_peak = None
+  if args.what == "rxjax":
+    compiled = {}
+
+    def after_compile():
+      # Split the peak into compilation and execution: reset it here.
+      compiled["peak"] = _peak_increase(base)
+      compiled["base"] = _start_peak()
+
+    seconds, compile_s, g_eff = time_rxjax(g, _repeats(size), after_compile)
+    g_eff = g_eff[0]
+    run_peak = _peak_increase(compiled["base"])
+    peak = max(compiled["peak"], compiled["base"] - base + run_peak)
+  else:
+    compile_s = None
+    seconds, g_eff = time_splu(g[0], _repeats(size, splu=True), args.permc)
+    peak = _peak_increase(base)
+  if args.out:
+    np.save(args.out, g_eff)
+  print(json.dumps({"seconds": seconds, "compile_s": compile_s,
+                    "peak_gb": peak, "run_peak_gb": run_peak,
+                    "baseline_gb": base}))
+
+
+def run_child(size: int, what: str, out: str, permc: str) -> dict:
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", str(size),
+         "--what", what, "--out", out, "--permc", permc]
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode != 0:
+    sys.stderr.write(proc.stderr)
+    raise SystemExit(f"child {what} at {size} failed ({proc.returncode})")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------
+
+
+def rel_diff(x, ref) -> float:
+  return float(np.max(np.abs(np.asarray(x, np.float64) - ref) / ref))
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                      help="tile sizes M = N (default 16..512, or 16..256 "
+                           "with --quick)")
+  parser.add_argument("--quick", action="store_true",
+                      help="skip 512 and sparse LU above 256")
+  parser.add_argument("--permc", default="COLAMD",
+                      help="splu column ordering (scipy's default COLAMD)")
+  parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--what", choices=("rxjax", "splu"), default="rxjax",
+                      help=argparse.SUPPRESS)
+  parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.child is not None:
+    return child(args)
+
+  sizes = args.sizes or [s for s in ALL_SIZES if not (args.quick and s > 256)]
+  splu_max = SPLU_MAX_QUICK if args.quick else max(sizes)
+  print(f"# fcm_bench: {' '.join(sys.argv)}")
+  print(f"# {datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.machine()} "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"jax {jax.__version__}, numpy {np.__version__}, "
+        f"load average {_load()}")
+  print(f"# ReRAM tile: g ~ U[{G_MIN:g}, {G_MAX:g}] S, r_row {R_ROW}, "
+        f"r_col {R_COL}, r_source {R_SOURCE}, r_sense {R_SENSE} ohm; "
+        f"splu permc_spec={args.permc}", flush=True)
+
+  rows = []  # one dict per table row
+  splu_s = {}  # size -> seconds per tile
+  tmp = tempfile.mkdtemp(prefix="fcm_bench_")
+  for size in sizes:
+    # Float64 single tile, both sides, each in a fresh process.
+    rx = run_child(size, "rxjax", os.path.join(tmp, f"rx{size}.npy"),
+                   args.permc)
+    rx_g = np.load(os.path.join(tmp, f"rx{size}.npy"))
+    sp, sp_g = None, None
+    if size <= splu_max:
+      sp = run_child(size, "splu", os.path.join(tmp, f"sp{size}.npy"),
+                     args.permc)
+      sp_g = np.load(os.path.join(tmp, f"sp{size}.npy"))
+      splu_s[size] = sp["seconds"]
+      diff = rel_diff(rx_g, sp_g)
+      if not diff <= TOLERANCE:
+        raise SystemExit(f"rxjax float64 and splu G_eff differ by {diff:.2e} "
+                         f"at {size}x{size} (> {TOLERANCE:g})")
+
+    def add(dtype, batch, seconds, compile_s, g_eff, **peaks):
+      rows.append(dict(size=size, dtype=dtype, batch=batch,
+                       s_tile=seconds / batch, compile_s=compile_s,
+                       diff=None if sp_g is None else rel_diff(g_eff, sp_g),
+                       **peaks))
+      print(f"#   {size:4d} {dtype} x{batch}: {seconds / batch * 1e3:.4g} "
+            f"ms/tile" + (f", splu {sp['seconds'] * 1e3:.4g} ms" if sp
+                          else ""), flush=True)
+
+    add("float64", 1, rx["seconds"], rx["compile_s"], rx_g,
+        peak_rx=rx["peak_gb"], run_peak_rx=rx["run_peak_gb"],
+        peak_sp=sp["peak_gb"] if sp else None)
+    batch = BATCH.get(size, 1)
+    others = [("float32", 1)]
+    if batch > 1:
+      others += [("float64", batch), ("float32", batch)]
+    for dtype, b in others:
+      g = tiles(size, b).astype(dtype)
+      seconds, compile_s, g_eff = time_rxjax(g, _repeats(size))
+      add(dtype, b, seconds, compile_s, g_eff[0])
+
+  def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+  print()
+  print("| M = N | dtype | batch | ms/tile rxjax | ms splu | speedup "
+        "| compile s | max rel. diff vs splu "
+        "| peak GB rxjax (execution only) | peak GB splu |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    sp = splu_s.get(r["size"])
+    peak = (f"{r['peak_rx']:.3f} ({r['run_peak_rx']:.3f})"
+            if r.get("peak_rx") is not None else "-")
+    print(f"| {r['size']} | {r['dtype']} | {r['batch']} "
+          f"| {r['s_tile'] * 1e3:.4g} | {fmt(sp and sp * 1e3, '.4g')} "
+          f"| {fmt(sp and sp / r['s_tile'], '.3g')} | {r['compile_s']:.2f} "
+          f"| {fmt(r['diff'], '.1e')} | {peak} "
+          f"| {fmt(r.get('peak_sp'), '.3f')} |")
+  print()
+  print("ms/tile: best of a few repeats (one at 512), compile excluded; "
+        "batched rows divide by the batch; 256 and 512 are single tiles only. "
+        "ms splu: factorization + solve of one float64 tile, repeated on "
+        "every row of its size. Peak GB: process peak RSS increase of the "
+        "float64 single-tile run in a fresh process; for rxjax including "
+        "XLA compilation, in parentheses the execution alone. "
+        f"Load average at the end: {_load()}.")
+
+  def rxjax_s(size, dtype, batch):
+    return next((r["s_tile"] for r in rows if (r["size"], r["dtype"],
+                                               r["batch"]) == (size, dtype,
+                                                               batch)), None)
+
+  def ratio(a, b):
+    return None if a is None or b is None else a / b
+
+  b64 = rxjax_s(64, "float64", BATCH[64])
+  s256 = rxjax_s(256, "float64", 1)
+  peak_512 = next((r["peak_rx"] for r in rows if r["size"] == 512
+                   and r.get("peak_rx") is not None), None)
+  summary = {
+      "ms_per_tile_64_f64": None if b64 is None else b64 * 1e3,
+      "speedup_vs_splu_64": ratio(splu_s.get(64), b64),
+      "s_256_f64": s256,
+      "speedup_vs_splu_256": ratio(splu_s.get(256), s256),
+      "s_512_f64": rxjax_s(512, "float64", 1),
+      "peak_gb_512": peak_512,
+  }
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  main()
