@@ -276,6 +276,201 @@ def _sweep_geff(g, r_row, r_col, r_source, r_sense, skip_col, skip_sense):
   return _through(j, s, w, r_sense, skip_sense)
 
 
+# ---------------------------------------------------------------------------
+# Nested dissection: O(n^3) for large tiles.
+#
+# A block of h x w cells is reduced to the Laplacian couplings `w >= 0`
+# between its boundary nodes ("ports"), in the order [T, B, L, R]: top column
+# ends b[i0, :], bottom column ends b[i1, :], left row ends a[:, j0], right
+# row ends a[:, j1]. Leaves are 2 x 2 cells (all 8 nodes are ports). Two equal
+# neighbours merge by moving one side's facing ports through the wire segment
+# (resistance form, as in the sweep), identifying them with the other side's
+# facing ports and eliminating those interface nodes. Every interface node is
+# tied through its own line to retained ports, so the eliminated block is
+# strongly diagonally dominant and float32 stays accurate. At the top, the
+# open ends (T, R) are eliminated, and the row ends L and column ends B are
+# moved through r_source and r_sense: the couplings between the source and
+# the virtual-ground terminals are G_eff. All merges of a level are batched.
+
+_SMALL = 32  # below this size, invert by vectorized Gauss-Jordan
+
+
+def _offdiag(w):
+  return w * (1 - jnp.eye(w.shape[-1], dtype=w.dtype))
+
+
+def _mmatrix_inv(a):
+  """Inverse of a diagonally dominant M-matrix `a: [..., k, k]`.
+
+  Small ones use Gauss-Jordan without pivoting (safe for such matrices),
+  vectorized over the batch: thousands of tiny LAPACK calls cost more.
+  """
+  k = a.shape[-1]
+  if k > _SMALL:
+    return jnp.linalg.inv(a)
+  eye = jnp.eye(k, dtype=a.dtype)
+
+  def pivot(p, x):
+    e = eye[p]
+    row = jax.lax.dynamic_index_in_dim(x, p, axis=-2, keepdims=False)
+    piv = jax.lax.dynamic_index_in_dim(row, p, axis=-1, keepdims=False)
+    r = (row * (1 - e) + e) / piv[..., None]
+    f = jax.lax.dynamic_index_in_dim(x, p, axis=-1, keepdims=False) * (1 - e)
+    x = x * (1 - e) - f[..., :, None] * r[..., None, :]
+    return x * (1 - e)[:, None] + e[:, None] * r[..., None, :]
+
+  return jax.lax.fori_loop(0, k, pivot, a)
+
+
+def _runs(idx):
+  """Contiguous runs [start, stop) of a static index list."""
+  runs = []
+  for i in idx:
+    if runs and runs[-1][1] == i:
+      runs[-1][1] = i + 1
+    else:
+      runs.append([i, i + 1])
+  return runs
+
+
+def _take(w, rows, cols=None):
+  """w[rows][:, cols] for static index lists, by slices (no gathers)."""
+  cols = rows if cols is None else cols
+  parts = [w[..., a:b, :] for a, b in _runs(rows)]
+  w = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-2)
+  parts = [w[..., :, a:b] for a, b in _runs(cols)]
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def _ports_through(w, s, o, r):
+  """Ports `s` of couplings w moved through series r: couplings over [o, s']."""
+  every = list(range(w.shape[-1]))
+  w_ss, w_oo, w_os = _take(w, s), _take(w, o), _take(w, o, s)
+  eye = jnp.eye(len(s), dtype=w.dtype)
+  p = _mmatrix_inv(eye * (1 + r * _take(w, s, every).sum(-1)) - r * w_ss)
+  w_os = w_os @ p
+  w_oo = _offdiag(w_oo + r * (w_os @ _take(w, s, o)))
+  positive = r > 0
+  w_ss = jnp.where(positive, _offdiag(p) / jnp.where(positive, r, 1), w_ss)
+  return jnp.concatenate([jnp.concatenate([w_oo, w_os], -1),
+                          jnp.concatenate([w_os.T, w_ss], -1)], -2)
+
+
+def _eliminate(w, keep, drop):
+  """Kron reduction of couplings w onto the nodes `keep`."""
+  every = list(range(w.shape[-1]))
+  w_kd = _take(w, keep, drop)
+  y = (jnp.eye(len(drop), dtype=w.dtype) * _take(w, drop, every).sum(-1)
+       - _take(w, drop))
+  if len(drop) > _SMALL:
+    z = jnp.linalg.solve(y, w_kd.T)
+  else:
+    z = _mmatrix_inv(y) @ w_kd.T
+  return _offdiag(_take(w, keep) + w_kd @ z)
+
+
+def _block_ports(h, w):
+  t, b = list(range(w)), list(range(w, 2 * w))
+  return t, b, list(range(2 * w, 2 * w + h)), list(range(2 * w + h, 2 * w + 2 * h))
+
+
+def _merge_plan(h, w, horizontal):
+  """Static index plan to merge two h x w blocks side by side or stacked."""
+  t, b, l, r = _block_ports(h, w)
+  if horizontal:  # X left of Y: X.R -- r_row -- Y.L
+    s_x, o_x, f_y, o_y = r, t + b + l, l, t + b + r
+    k = len(o_x)
+    order = (list(range(w)) + [k + i for i in range(w)]            # T
+             + list(range(w, 2 * w)) + [k + w + i for i in range(w)]  # B
+             + list(range(2 * w, 2 * w + h))                       # L
+             + [k + 2 * w + i for i in range(h)])                  # R
+  else:  # X above Y: X.B -- r_col -- Y.T
+    s_x, o_x, f_y, o_y = b, t + l + r, t, b + l + r
+    k = len(o_x)
+    order = (list(range(w)) + [k + i for i in range(w)]            # T, B
+             + list(range(w, w + h)) + [k + w + i for i in range(h)]  # L
+             + list(range(w + h, w + 2 * h))
+             + [k + w + h + i for i in range(h)])                  # R
+  return s_x, o_x, f_y, o_y, order
+
+
+def _merge(wx, wy, plan, r):
+  s_x, o_x, f_y, o_y, order = plan
+  kx, k, ky = len(o_x), len(s_x), len(o_y)
+  w = (jnp.pad(_ports_through(wx, s_x, o_x, r), ((0, ky), (0, ky)))
+       + jnp.pad(_take(wy, f_y + o_y), ((kx, 0), (kx, 0))))
+  keep = list(range(kx)) + list(range(kx + k, kx + k + ky))
+  return _take(_eliminate(w, keep, list(range(kx, kx + k))), order)
+
+
+def _leaves(g, r_row, r_col):
+  """2 x 2 leaf blocks of g: [M, N] -> couplings [M/2, N/2, 8, 8]."""
+  m, n = g.shape
+  q = g.reshape(m // 2, 2, n // 2, 2).transpose(0, 2, 1, 3)
+  # Port order [T, B, L, R] = b00 b01 b10 b11 | a00 a10 | a01 a11.
+  b_of = {(0, 0): 0, (0, 1): 1, (1, 0): 2, (1, 1): 3}
+  a_of = {(0, 0): 4, (1, 0): 5, (0, 1): 6, (1, 1): 7}
+  w = jnp.zeros(q.shape[:2] + (8, 8), g.dtype)
+
+  def link(w, x, y, value):
+    return w.at[..., x, y].set(value).at[..., y, x].set(value)
+
+  for cell, ib in b_of.items():
+    w = link(w, a_of[cell], ib, q[..., cell[0], cell[1]])
+  for d in range(2):
+    w = link(w, a_of[(d, 0)], a_of[(d, 1)], 1 / r_row)
+    w = link(w, b_of[(0, d)], b_of[(1, d)], 1 / r_col)
+  return w
+
+
+def _nested_geff(g, r_row, r_col, r_source, r_sense):
+  """G_eff of one tile g: [M, N], M and N powers of two >= 2; r_row, r_col > 0."""
+  m, n = g.shape
+  w = _leaves(g, r_row, r_col)
+  h, wd = 2, 2
+  while w.shape[0] > 1 or w.shape[1] > 1:
+    horizontal = w.shape[0] == 1 or (wd <= h and w.shape[1] > 1)
+    plan = _merge_plan(h, wd, horizontal)
+    r = r_row if horizontal else r_col
+    merge = jax.vmap(jax.vmap(lambda x, y, plan=plan, r=r: _merge(x, y, plan, r)))
+    if horizontal:
+      w, wd = merge(w[:, 0::2], w[:, 1::2]), 2 * wd
+    else:
+      w, h = merge(w[0::2], w[1::2]), 2 * h
+  t, b, l, r = _block_ports(m, n)
+  w = _eliminate(w[0, 0], b + l, t + r)  # open far ends; ports [B, L]
+  w = _ports_through(w, list(range(n, n + m)), list(range(n)), r_source)
+  w = _ports_through(w, list(range(n)), list(range(n, n + m)), r_sense)
+  return w[:m, m:]  # couplings source i -> virtual ground j
+
+
+def _pow2(k):
+  return max(2, 1 << (k - 1).bit_length())
+
+
+def _nested_padded(g, r_row, r_col, r_source, r_sense):
+  """Nested dissection of any tile: zero devices pad the open sides.
+
+  Rows added above row 0 and columns right of column N-1 hang off the open
+  ends of the lines and carry no device, so no current flows in them: the
+  padding is exact.
+  """
+  m, n = g.shape
+  mp, np_ = _pow2(m), _pow2(n)
+  padded = jnp.pad(g, ((mp - m, 0), (0, np_ - n)))
+  return _nested_geff(padded, r_row, r_col, r_source, r_sense)[mp - m:, :n]
+
+
+def _sweep_flops(m, n):
+  lo, hi = min(m, n), max(m, n)
+  return hi * (2.7 * lo ** 3 + 2 * hi * lo ** 2)
+
+
+def _nested_flops(m, n):
+  mp, np_ = _pow2(m), _pow2(n)
+  return 40.0 * mp * np_ * (mp + np_)
+
+
 def _oriented(g, wires, direction):
   """Tile and terminals in forward orientation, and the map back."""
   r_along, r_across, r_source, r_sense = wires.terminals(direction)
@@ -290,34 +485,35 @@ def _static_zero(r) -> bool:
   return _is_concrete(r) and float(np.asarray(r)) == 0.0
 
 
-@jax.jit
-def _geff_traced(g, resistances):
-  return _geff_impl(g, resistances, (False,) * 4)
+def _geff_impl(g, resistances, skips, method):
+  """G_eff of g: [..., M, N] in forward orientation.
 
-
-def _geff_impl(g, resistances, skips):
-  """G_eff of g: [..., M, N] (forward orientation); skips: zero flags."""
+  skips[k]: resistance k of (r_row, r_col, r_source, r_sense) is statically 0.
+  """
   r_row, r_col, r_source, r_sense = (jnp.asarray(r, g.dtype)
                                      for r in resistances)
   m, n = g.shape[-2:]
   batch = g.shape[:-2]
-  flat = g.reshape((-1, m, n))
-  if n > m:
+  if method == "nested":
+    fn = lambda t: _nested_padded(t, r_row, r_col, r_source, r_sense)
+  elif n > m:
     # Reciprocity: block size min(M, N). Sources and senses swap roles.
     fn = lambda t: _flip(_sweep_geff(_flip(t), r_col, r_row, r_sense,
                                      r_source, skips[0], skips[2]))
   else:
     fn = lambda t: _sweep_geff(t, r_row, r_col, r_source, r_sense, skips[1],
                                skips[3])
-  out = jax.vmap(fn)(flat)
+  out = jax.vmap(fn)(g.reshape((-1, m, n)))
   return out.reshape(batch + (m, n))
 
 
-_geff_static = jax.jit(_geff_impl, static_argnums=(2,))
+_geff_jit = jax.jit(_geff_impl, static_argnums=(2, 3))
+_METHODS = ("auto", "sweep", "nested")
 
 
 def effective_conductance(g, wires: Wires, *,
-                          direction: Direction = "forward") -> jax.Array:
+                          direction: Direction = "forward",
+                          method: str = "auto") -> jax.Array:
   """Exact effective conductance matrix of crossbar tiles.
 
   Args:
@@ -326,6 +522,10 @@ def effective_conductance(g, wires: Wires, *,
     wires: the tile's parasitic resistances.
     direction: "forward" (rows driven, columns sensed) or "backward" (columns
       driven from the bottom, rows sensed at the left; DESIGN.md section 2).
+    method: "sweep" (row sweep, any resistances, 2.7 M N^3 + 2 M^2 N^2 flops
+      with N <= M), "nested" (nested dissection, O((M + N)^3); needs static
+      r_row, r_col > 0) or "auto" (the cheaper of the two that applies). Both
+      are exact; they agree to rounding.
 
   Returns:
     `[..., M, N]` array in the dtype of `g`. Forward: `i_out = v @ G_eff`
@@ -337,16 +537,26 @@ def effective_conductance(g, wires: Wires, *,
       direction (at trace time).
   """
   _check_direction(direction)
+  if method not in _METHODS:
+    raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}")
   g = _check_g(g)
   g, resistances, back = _oriented(g, wires, direction)
-  if all(_is_concrete(r) for r in resistances):
-    # Static resistances: zero series elements are skipped at trace time.
-    # skips[k]: resistance k (r_row, r_col, r_source, r_sense) is exactly 0.
-    skips = tuple(_static_zero(r) for r in resistances)
+  static = all(_is_concrete(r) for r in resistances)
+  # skips[k]: resistance k (r_row, r_col, r_source, r_sense) is exactly 0;
+  # zero series elements are then skipped at trace time.
+  skips = tuple(_static_zero(r) for r in resistances)
+  wires_positive = static and not (skips[0] or skips[1])
+  if method == "nested" and not wires_positive:
+    raise ValueError(
+        "method='nested' needs static wire resistances r_row, r_col > 0 (its "
+        f"leaves are wire conductances); got {resistances[:2]}: use 'sweep'")
+  if method == "auto":
+    m, n = g.shape[-2:]
+    cheaper = _nested_flops(m, n) < _sweep_flops(m, n)
+    method = "nested" if wires_positive and cheaper else "sweep"
+  if static:
     resistances = tuple(float(np.asarray(r)) for r in resistances)
-    out = _geff_static(g, resistances, skips)
-  else:
-    out = _geff_traced(g, resistances)
+  out = _geff_jit(g, resistances, skips, method)
   return back(out)
 
 
