@@ -110,6 +110,19 @@ def _load() -> str:
     return "n/a"
 
 
+def _busy() -> str | None:
+  """Why the machine looks too busy to time on, or None."""
+  try:
+    load = os.getloadavg()[0]
+  except OSError:
+    return None
+  cpus = os.cpu_count() or 1
+  if load > 0.5 * cpus + 0.5:
+    return (f"load average {load:.2f} on {cpus} CPUs before starting "
+            "(other processes are running)")
+  return None
+
+
 def _repeats(size: int, splu: bool = False) -> int:
   if size >= 512:
     return 1
@@ -276,6 +289,9 @@ def main(argv=None) -> None:
   print(f"# ReRAM tile: g ~ U[{G_MIN:g}, {G_MAX:g}] S, r_row {R_ROW}, "
         f"r_col {R_COL}, r_source {R_SOURCE}, r_sense {R_SENSE} ohm; "
         f"splu permc_spec={args.permc}", flush=True)
+  busy = _busy()
+  if busy:
+    print(f"# WARNING: {busy}: timings will be slow and noisy", flush=True)
 
   rows = []  # one dict per table row
   splu_s = {}  # size -> seconds per tile
@@ -342,6 +358,9 @@ def main(argv=None) -> None:
         "float64 single-tile run in a fresh process; for rxjax including "
         "XLA compilation, in parentheses the execution alone. "
         f"Load average at the end: {_load()}.")
+  if busy or _busy():
+    print(f"WARNING: the machine was busy (load average {_load()} at the "
+          "end); re-measure on a quiet machine before quoting these numbers.")
 
   def rxjax_s(size, dtype, batch):
     return next((r["s_tile"] for r in rows if (r["size"], r["dtype"],
