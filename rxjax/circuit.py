@@ -233,8 +233,7 @@ def _series(s, w, r, skip):
   if skip:
     return s, w
   eye = jnp.eye(s.shape[-1], dtype=s.dtype)
-  a = eye * (1 + r * (s + w.sum(-1))) - r * w
-  p = jnp.linalg.inv(a)
+  p = _mmatrix_inv(eye * (1 + r * (s + w.sum(-1))) - r * w)
   positive = r > 0
   w_new = jnp.where(positive, p * (1 - eye) / jnp.where(positive, r, 1), w)
   return p @ s, w_new
@@ -311,11 +310,11 @@ def _mmatrix_inv(a):
   eye = jnp.eye(k, dtype=a.dtype)
 
   def pivot(p, x):
-    e = eye[p]
-    row = jax.lax.dynamic_index_in_dim(x, p, axis=-2, keepdims=False)
-    piv = jax.lax.dynamic_index_in_dim(row, p, axis=-1, keepdims=False)
+    e = (jnp.arange(k) == p).astype(x.dtype)  # one-hot: no dynamic slicing
+    row = jnp.einsum("...ij,i->...j", x, e)
+    piv = row @ e
     r = (row * (1 - e) + e) / piv[..., None]
-    f = jax.lax.dynamic_index_in_dim(x, p, axis=-1, keepdims=False) * (1 - e)
+    f = (x @ e) * (1 - e)
     x = x * (1 - e) - f[..., :, None] * r[..., None, :]
     return x * (1 - e)[:, None] + e[:, None] * r[..., None, :]
 
