@@ -1,6 +1,6 @@
 """Speed of the exact G_eff (FCM) against scipy sparse LU, per tile.
 
-    python benchmarks/fcm_bench.py            # 16..512, ~3-4 min on 2 cores
+    python benchmarks/fcm_bench.py            # 16..512 (budget ~3-4 min, 2 cores)
     python benchmarks/fcm_bench.py --quick    # 16..256, sparse LU up to 256
     python benchmarks/fcm_bench.py --sizes 64 128
 
@@ -26,7 +26,8 @@ The float64 single-tile rows of both sides run in a fresh subprocess each
 (`--child`), which also reports the process peak RSS increase over a
 baseline taken after importing jax and allocating the inputs (VmHWM after
 resetting it through /proc/self/clear_refs; ru_maxrss where that is not
-possible). For rxjax it includes XLA compilation. The last line of stdout is one JSON object.
+possible). For rxjax it includes XLA compilation. The last line of stdout
+is one JSON object.
 """
 
 from __future__ import annotations
