@@ -207,16 +207,50 @@ def _rows(g, r_row, r_source) -> _Rows:
 
 def _row_impedance(z, log_t):
   """T^-1 of one row chain, [N, N], from its closed-form description."""
-  lo = jnp.minimum(jnp.arange(z.shape[-1])[:, None],
-                   jnp.arange(z.shape[-1])[None, :])
-  dist = jnp.abs(log_t[:, None] - log_t[None, :])
-  return z[lo] * jnp.exp(-dist)
+  idx = jnp.arange(z.shape[-1])
+  lo = jnp.minimum(idx[:, None], idx[None, :])
+  hi = jnp.maximum(idx[:, None], idx[None, :])
+  # log_t never increases along the row, so this is -|difference| without an
+  # abs(), whose zero derivative at r_row = 0 would lose a first-order term.
+  return z[lo] * jnp.exp(log_t[hi] - log_t[lo])
 
 
 def _row_coupling(g_i, z_i, log_t_i):
   """Couplings w >= 0 of row i's admittance seen from its column nodes."""
-  w = g_i[:, None] * _row_impedance(z_i, log_t_i) * g_i[None, :]
+  return _offdiag(g_i[:, None] * _row_impedance(z_i, log_t_i) * g_i[None, :])
+
+
+# ---------------------------------------------------------------------------
+# Linear algebra shared by both methods.
+
+_SMALL = 32  # below this size, invert by vectorized Gauss-Jordan
+
+
+def _offdiag(w):
   return w * (1 - jnp.eye(w.shape[-1], dtype=w.dtype))
+
+
+def _mmatrix_inv(a):
+  """Inverse of a diagonally dominant M-matrix `a: [..., k, k]`.
+
+  Small ones use Gauss-Jordan without pivoting (safe for such matrices),
+  vectorized over the batch: thousands of tiny LAPACK calls cost more.
+  """
+  k = a.shape[-1]
+  if k > _SMALL:
+    return jnp.linalg.inv(a)
+  eye = jnp.eye(k, dtype=a.dtype)
+
+  def pivot(p, x):
+    e = (jnp.arange(k) == p).astype(x.dtype)  # one-hot: no dynamic slicing
+    row = jnp.einsum("...ij,i->...j", x, e)
+    piv = row @ e
+    r = (row * (1 - e) + e) / piv[..., None]
+    f = (x @ e) * (1 - e)
+    x = x * (1 - e) - f[..., :, None] * r[..., None, :]
+    return x * (1 - e)[:, None] + e[:, None] * r[..., None, :]
+
+  return jax.lax.fori_loop(0, k, pivot, a)
 
 
 # ---------------------------------------------------------------------------
@@ -233,10 +267,9 @@ def _series(s, w, r, skip):
   if skip:
     return s, w
   eye = jnp.eye(s.shape[-1], dtype=s.dtype)
-  p = _mmatrix_inv(eye * (1 + r * (s + w.sum(-1))) - r * w)
-  positive = r > 0
-  w_new = jnp.where(positive, p * (1 - eye) / jnp.where(positive, r, 1), w)
-  return p @ s, w_new
+  y = eye * (s + w.sum(-1)) - w
+  p = _mmatrix_inv(eye + r * y)
+  return p @ s, _couplings_through(p, y, r)
 
 
 def _through(j, s_new, w_new, r, skip):
@@ -249,6 +282,17 @@ def _through(j, s_new, w_new, r, skip):
   if skip:
     return j
   return j - r * (j * (s_new + w_new.sum(-1)) - j @ w_new)
+
+
+def _couplings_through(p, y, r):
+  """Couplings offdiag(P) / r of Y' = P Y, P = (I + r Y)^-1, for any r >= 0.
+
+  offdiag(P) / r == -offdiag(P Y) exactly; the left form is subtraction-free
+  (used for r > 0), the right one is its value and derivative at r = 0.
+  """
+  positive = r > 0
+  w_new = _offdiag(p) / jnp.where(positive, r, 1)
+  return jnp.where(positive, w_new, -_offdiag(p @ y))
 
 
 def _sweep_geff(g, r_row, r_col, r_source, r_sense, skip_col, skip_sense):
@@ -291,36 +335,6 @@ def _sweep_geff(g, r_row, r_col, r_source, r_sense, skip_col, skip_sense):
 # moved through r_source and r_sense: the couplings between the source and
 # the virtual-ground terminals are G_eff. All merges of a level are batched.
 
-_SMALL = 32  # below this size, invert by vectorized Gauss-Jordan
-
-
-def _offdiag(w):
-  return w * (1 - jnp.eye(w.shape[-1], dtype=w.dtype))
-
-
-def _mmatrix_inv(a):
-  """Inverse of a diagonally dominant M-matrix `a: [..., k, k]`.
-
-  Small ones use Gauss-Jordan without pivoting (safe for such matrices),
-  vectorized over the batch: thousands of tiny LAPACK calls cost more.
-  """
-  k = a.shape[-1]
-  if k > _SMALL:
-    return jnp.linalg.inv(a)
-  eye = jnp.eye(k, dtype=a.dtype)
-
-  def pivot(p, x):
-    e = (jnp.arange(k) == p).astype(x.dtype)  # one-hot: no dynamic slicing
-    row = jnp.einsum("...ij,i->...j", x, e)
-    piv = row @ e
-    r = (row * (1 - e) + e) / piv[..., None]
-    f = (x @ e) * (1 - e)
-    x = x * (1 - e) - f[..., :, None] * r[..., None, :]
-    return x * (1 - e)[:, None] + e[:, None] * r[..., None, :]
-
-  return jax.lax.fori_loop(0, k, pivot, a)
-
-
 def _runs(idx):
   """Contiguous runs [start, stop) of a static index list."""
   runs = []
@@ -346,11 +360,11 @@ def _ports_through(w, s, o, r):
   every = list(range(w.shape[-1]))
   w_ss, w_oo, w_os = _take(w, s), _take(w, o), _take(w, o, s)
   eye = jnp.eye(len(s), dtype=w.dtype)
-  p = _mmatrix_inv(eye * (1 + r * _take(w, s, every).sum(-1)) - r * w_ss)
+  y_ss = eye * _take(w, s, every).sum(-1) - w_ss
+  p = _mmatrix_inv(eye + r * y_ss)
   w_os = w_os @ p
   w_oo = _offdiag(w_oo + r * (w_os @ _take(w, s, o)))
-  positive = r > 0
-  w_ss = jnp.where(positive, _offdiag(p) / jnp.where(positive, r, 1), w_ss)
+  w_ss = _couplings_through(p, y_ss, r)
   return jnp.concatenate([jnp.concatenate([w_oo, w_os], -1),
                           jnp.concatenate([w_os.T, w_ss], -1)], -2)
 
