@@ -128,14 +128,14 @@ def test_matches_reference_128(regime, read):
   _check_reference(regime, (128, 128), read)
 
 
-# `method="auto"` runs the row sweep on the small tiles above and nested
-# dissection from 64 x 64 on (when r_row, r_col > 0): each is also checked
-# where auto would not pick it.
+# `method="auto"` runs the row sweep up to 64 x 64 and nested dissection from
+# 128 x 128 on (when r_row, r_col > 0): nested is also checked where auto
+# would not pick it (padded odd shape, and 64 x 64).
 @pytest.mark.parametrize("read", ["forward", "backward_own"])
 @pytest.mark.parametrize("method, regime, shape", [
-    ("sweep", "reram", (64, 64)),
+    ("nested", "reram", (64, 64)),
     ("nested", "spintronic", (5, 11)),
-], ids=["sweep-64x64", "nested-5x11"])
+], ids=["nested-64x64", "nested-5x11"])
 def test_methods_match_reference(method, regime, shape, read):
   g, wires, direction, g_ref = _reference_case(regime, shape, read)
   g_eff = circuit.effective_conductance(jnp.asarray(g), wires,
@@ -150,7 +150,7 @@ def test_methods_match_reference(method, regime, shape, read):
 
 # The backward read runs the same solver on the flipped tile; at 128 it would
 # only repeat the forward case at twice the cost. 128 x 128 is `slow`: nested
-# dissection (auto's choice there) compiles for 15-30 s per dtype.
+# dissection (auto's choice there) compiles for ~12 s per dtype.
 @pytest.mark.parametrize("size, read", [
     (64, "forward"), (64, "backward_own"),
     pytest.param(128, "forward", marks=pytest.mark.slow)])
@@ -170,9 +170,10 @@ def test_float32_matches_float64(regime, size, read, method="auto"):
                              rtol=RTOL_FLOAT32, atol=0)
 
 
-def test_float32_sweep_matches_float64():
-  # Auto picks nested dissection at 64 x 64: the sweep's float32 on its own.
-  test_float32_matches_float64("reram", 64, "forward", method="sweep")
+@pytest.mark.parametrize("regime", list(REGIMES))
+def test_float32_nested_matches_float64(regime):
+  # Auto picks the sweep at 64 x 64: nested dissection's float32 on its own.
+  test_float32_matches_float64(regime, 64, "forward", method="nested")
 
 
 # ---------------------------------------------------------------------------
