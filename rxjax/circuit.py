@@ -257,46 +257,53 @@ def _mmatrix_inv(a):
 # The sweep over rows.
 
 
-def _series(s, w, r, skip):
+def _series(s, w, r, kind):
   """Ports of (s, w) moved through a series resistance r on every line.
 
   Returns the new Laplacian form (s', w') of Y' = (I + r Y)^-1 Y. With
   P = (I + r Y)^-1 (an M-matrix inverse, entrywise >= 0): s' = P s and
   w' = offdiag(P) / r, so nothing wire-sized is ever subtracted.
   """
-  if skip:
+  if kind == "zero":
     return s, w
   eye = jnp.eye(s.shape[-1], dtype=s.dtype)
   y = eye * (s + w.sum(-1)) - w
   p = _mmatrix_inv(eye + r * y)
-  return p @ s, _couplings_through(p, y, r)
+  return p @ s, _couplings_through(p, y, r, kind)
 
 
-def _through(j, s_new, w_new, r, skip):
+def _through(j, s_new, w_new, r, kind):
   """Injected currents j: [..., N] moved through the same series step.
 
   j' = j P = j - r j Y'. The increment form matters in float32: in j @ P the
   many tiny off-diagonal terms next to a diagonal of ~1 are rounded away
   (measured: 2e-4 relative error at 128x128 ReRAM; 1e-6 in this form).
   """
-  if skip:
+  if kind == "zero":
     return j
   return j - r * (j * (s_new + w_new.sum(-1)) - j @ w_new)
 
 
-def _couplings_through(p, y, r):
+def _couplings_through(p, y, r, kind):
   """Couplings offdiag(P) / r of Y' = P Y, P = (I + r Y)^-1, for any r >= 0.
 
   offdiag(P) / r == -offdiag(P Y) exactly; the left form is subtraction-free
-  (used for r > 0), the right one is its value and derivative at r = 0.
+  (used for r > 0), the right one is its value and derivative at r = 0. The
+  right one costs a matrix product, so it is only built when r is traced
+  (kind "traced"); a static r is known to be positive here.
   """
+  if kind == "positive":
+    return _offdiag(p) / r
   positive = r > 0
   w_new = _offdiag(p) / jnp.where(positive, r, 1)
   return jnp.where(positive, w_new, -_offdiag(p @ y))
 
 
-def _sweep_geff(g, r_row, r_col, r_source, r_sense, skip_col, skip_sense):
-  """G_eff of one tile g: [M, N], sweeping over its M rows."""
+def _sweep_geff(g, r_row, r_col, r_source, r_sense, kind_col, kind_sense):
+  """G_eff of one tile g: [M, N], sweeping over its M rows.
+
+  kind_col, kind_sense: static "zero", "positive" or "traced" (`_kind`).
+  """
   m, n = g.shape
   rows = _rows(g, r_row, r_source)
 
@@ -304,8 +311,8 @@ def _sweep_geff(g, r_row, r_col, r_source, r_sense, skip_col, skip_sense):
   def step(carry, xs):
     s, w, j = carry
     i, g_i, sigma_i, z_i, log_t_i = xs
-    s, w = _series(s, w, r_col, skip_col)
-    j = _through(j, s, w, r_col, skip_col)
+    s, w = _series(s, w, r_col, kind_col)
+    j = _through(j, s, w, r_col, kind_col)
     s = s + sigma_i
     w = w + _row_coupling(g_i, z_i, log_t_i)
     j = jax.lax.dynamic_update_index_in_dim(j, sigma_i, i, axis=0)
@@ -315,8 +322,8 @@ def _sweep_geff(g, r_row, r_col, r_source, r_sense, skip_col, skip_sense):
           jnp.zeros((m, n), g.dtype))
   (s, w, j), _ = jax.lax.scan(
       step, init, (jnp.arange(m), g, rows.sigma, rows.z, rows.log_t))
-  s, w = _series(s, w, r_sense, skip_sense)
-  return _through(j, s, w, r_sense, skip_sense)
+  s, w = _series(s, w, r_sense, kind_sense)
+  return _through(j, s, w, r_sense, kind_sense)
 
 
 # ---------------------------------------------------------------------------
@@ -355,8 +362,10 @@ def _take(w, rows, cols=None):
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
-def _ports_through(w, s, o, r):
+def _ports_through(w, s, o, r, kind):
   """Ports `s` of couplings w moved through series r: couplings over [o, s']."""
+  if kind == "zero":
+    return _take(w, o + s)
   every = list(range(w.shape[-1]))
   w_ss, w_oo, w_os = _take(w, s), _take(w, o), _take(w, o, s)
   eye = jnp.eye(len(s), dtype=w.dtype)
@@ -364,7 +373,7 @@ def _ports_through(w, s, o, r):
   p = _mmatrix_inv(eye + r * y_ss)
   w_os = w_os @ p
   w_oo = _offdiag(w_oo + r * (w_os @ _take(w, s, o)))
-  w_ss = _couplings_through(p, y_ss, r)
+  w_ss = _couplings_through(p, y_ss, r, kind)
   return jnp.concatenate([jnp.concatenate([w_oo, w_os], -1),
                           jnp.concatenate([w_os.T, w_ss], -1)], -2)
 
@@ -408,9 +417,10 @@ def _merge_plan(h, w, horizontal):
 
 
 def _merge(wx, wy, plan, r):
+  """Two blocks joined through wire segments r (static r > 0, see _nested_geff)."""
   s_x, o_x, f_y, o_y, order = plan
   kx, k, ky = len(o_x), len(s_x), len(o_y)
-  w = (jnp.pad(_ports_through(wx, s_x, o_x, r), ((0, ky), (0, ky)))
+  w = (jnp.pad(_ports_through(wx, s_x, o_x, r, "positive"), ((0, ky), (0, ky)))
        + jnp.pad(_take(wy, f_y + o_y), ((kx, 0), (kx, 0))))
   keep = list(range(kx)) + list(range(kx + k, kx + k + ky))
   return _take(_eliminate(w, keep, list(range(kx, kx + k))), order)
@@ -436,7 +446,7 @@ def _leaves(g, r_row, r_col):
   return w
 
 
-def _nested_geff(g, r_row, r_col, r_source, r_sense):
+def _nested_geff(g, r_row, r_col, r_source, r_sense, kind_source, kind_sense):
   """G_eff of one tile g: [M, N], M and N powers of two >= 2; r_row, r_col > 0."""
   m, n = g.shape
   w = _leaves(g, r_row, r_col)
@@ -452,8 +462,10 @@ def _nested_geff(g, r_row, r_col, r_source, r_sense):
       w, h = merge(w[0::2], w[1::2]), 2 * h
   t, b, l, r = _block_ports(m, n)
   w = _eliminate(w[0, 0], b + l, t + r)  # open far ends; ports [B, L]
-  w = _ports_through(w, list(range(n, n + m)), list(range(n)), r_source)
-  w = _ports_through(w, list(range(n)), list(range(n, n + m)), r_sense)
+  w = _ports_through(w, list(range(n, n + m)), list(range(n)), r_source,
+                     kind_source)
+  w = _ports_through(w, list(range(n)), list(range(n, n + m)), r_sense,
+                     kind_sense)
   return w[:m, m:]  # couplings source i -> virtual ground j
 
 
@@ -461,7 +473,8 @@ def _pow2(k):
   return max(2, 1 << (k - 1).bit_length())
 
 
-def _nested_padded(g, r_row, r_col, r_source, r_sense):
+def _nested_padded(g, r_row, r_col, r_source, r_sense, kind_source,
+                   kind_sense):
   """Nested dissection of any tile: zero devices pad the open sides.
 
   Rows added above row 0 and columns right of column N-1 hang off the open
@@ -471,7 +484,8 @@ def _nested_padded(g, r_row, r_col, r_source, r_sense):
   m, n = g.shape
   mp, np_ = _pow2(m), _pow2(n)
   padded = jnp.pad(g, ((mp - m, 0), (0, np_ - n)))
-  return _nested_geff(padded, r_row, r_col, r_source, r_sense)[mp - m:, :n]
+  return _nested_geff(padded, r_row, r_col, r_source, r_sense, kind_source,
+                      kind_sense)[mp - m:, :n]
 
 
 def _sweep_flops(m, n):
@@ -496,28 +510,35 @@ def _oriented(g, wires, direction):
   return g, (r_along, r_across, r_source, r_sense), lambda x: x
 
 
-def _static_zero(r) -> bool:
-  return _is_concrete(r) and float(np.asarray(r)) == 0.0
+def _kind(r) -> str:
+  """What is known of a resistance at trace time: "zero", "positive", "traced".
+
+  A zero series element is skipped; a positive one needs no r = 0 branch.
+  """
+  if not _is_concrete(r):
+    return "traced"
+  return "zero" if float(np.asarray(r)) == 0.0 else "positive"
 
 
-def _geff_impl(g, resistances, skips, method):
+def _geff_impl(g, resistances, kinds, method):
   """G_eff of g: [..., M, N] in forward orientation.
 
-  skips[k]: resistance k of (r_row, r_col, r_source, r_sense) is statically 0.
+  kinds[k]: `_kind` of resistance k of (r_row, r_col, r_source, r_sense).
   """
   r_row, r_col, r_source, r_sense = (jnp.asarray(r, g.dtype)
                                      for r in resistances)
   m, n = g.shape[-2:]
   batch = g.shape[:-2]
   if method == "nested":
-    fn = lambda t: _nested_padded(t, r_row, r_col, r_source, r_sense)
+    fn = lambda t: _nested_padded(t, r_row, r_col, r_source, r_sense,
+                                  kinds[2], kinds[3])
   elif n > m:
     # Reciprocity: block size min(M, N). Sources and senses swap roles.
     fn = lambda t: _flip(_sweep_geff(_flip(t), r_col, r_row, r_sense,
-                                     r_source, skips[0], skips[2]))
+                                     r_source, kinds[0], kinds[2]))
   else:
-    fn = lambda t: _sweep_geff(t, r_row, r_col, r_source, r_sense, skips[1],
-                               skips[3])
+    fn = lambda t: _sweep_geff(t, r_row, r_col, r_source, r_sense, kinds[1],
+                               kinds[3])
   out = jax.vmap(fn)(g.reshape((-1, m, n)))
   return out.reshape(batch + (m, n))
 
@@ -556,11 +577,8 @@ def effective_conductance(g, wires: Wires, *,
     raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}")
   g = _check_g(g)
   g, resistances, back = _oriented(g, wires, direction)
-  static = all(_is_concrete(r) for r in resistances)
-  # skips[k]: resistance k (r_row, r_col, r_source, r_sense) is exactly 0;
-  # zero series elements are then skipped at trace time.
-  skips = tuple(_static_zero(r) for r in resistances)
-  wires_positive = static and not (skips[0] or skips[1])
+  kinds = tuple(_kind(r) for r in resistances)
+  wires_positive = kinds[0] == kinds[1] == "positive"
   if method == "nested" and not wires_positive:
     raise ValueError(
         "method='nested' needs static wire resistances r_row, r_col > 0 (its "
@@ -569,9 +587,10 @@ def effective_conductance(g, wires: Wires, *,
     m, n = g.shape[-2:]
     cheaper = _nested_flops(m, n) < _sweep_flops(m, n)
     method = "nested" if wires_positive and cheaper else "sweep"
-  if static:
-    resistances = tuple(float(np.asarray(r)) for r in resistances)
-  out = _geff_jit(g, resistances, skips, method)
+  # Concrete values are passed as floats: one compilation serves every value.
+  resistances = tuple(r if k == "traced" else float(np.asarray(r))
+                      for r, k in zip(resistances, kinds))
+  out = _geff_jit(g, resistances, kinds, method)
   return back(out)
 
 
@@ -601,8 +620,8 @@ def _sweep_nodes(g, v, r_row, r_col, r_source, r_sense):
   def down(carry, xs):
     s, w, j = carry
     g_i, sigma_i, z_i, log_t_i, v_i = xs
-    s, w = _series(s, w, r_col, False)
-    j = _through(j, s, w, r_col, False)
+    s, w = _series(s, w, r_col, "traced")
+    j = _through(j, s, w, r_col, "traced")
     saved = (s, w, j)
     s = s + sigma_i
     w = w + _row_coupling(g_i, z_i, log_t_i)
@@ -613,8 +632,8 @@ def _sweep_nodes(g, v, r_row, r_col, r_source, r_sense):
           jnp.zeros((n,), g.dtype))
   (s, w, j), (s_up, w_up, j_up) = jax.lax.scan(
       down, init, (g, rows.sigma, rows.z, rows.log_t, v))
-  s, w = _series(s, w, r_sense, False)
-  i_out = _through(j, s, w, r_sense, False)
+  s, w = _series(s, w, r_sense, "traced")
+  i_out = _through(j, s, w, r_sense, "traced")
   u_last = r_sense * i_out
 
   def up(u, xs):
