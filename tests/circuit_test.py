@@ -29,16 +29,8 @@ from jax.test_util import check_grads
 
 from rxjax import circuit, reference
 from rxjax.circuit import Wires
+from regimes import REGIMES
 
-# Device resistance range (ohm, uniform) and wires of three technologies.
-REGIMES = {
-    "reram": ((1e5, 1e6), Wires(r_row=1.0, r_col=4.6, r_source=100.0,
-                                r_sense=100.0)),
-    "pcm": ((5e3, 5e5), Wires(r_row=2.5, r_col=2.5, r_source=500.0,
-                              r_sense=500.0)),
-    "spintronic": ((1e3, 2.5e3), Wires(r_row=5.0, r_col=5.0, r_source=50.0,
-                                       r_sense=50.0)),
-}
 
 # A "read" is a direction plus its terminals: "backward_own" sets
 # r_source_backward / r_sense_backward to values different from the forward

@@ -16,6 +16,7 @@ import pytest
 
 from rxjax import circuit, reference, spice
 from rxjax.circuit import Wires
+from regimes import REGIMES
 
 _IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 requires_ngspice = pytest.mark.skipif(
@@ -25,15 +26,6 @@ requires_ngspice = pytest.mark.skipif(
 
 RTOL = 1e-9
 
-# Device resistance range (ohm) and wires of three technologies.
-REGIMES = {
-    "reram": ((1e5, 1e6), Wires(r_row=1.0, r_col=4.6, r_source=100.0,
-                                r_sense=100.0)),
-    "pcm": ((5e3, 5e5), Wires(r_row=2.5, r_col=2.5, r_source=500.0,
-                              r_sense=500.0)),
-    "spintronic": ((1e3, 2.5e3), Wires(r_row=5.0, r_col=5.0, r_source=50.0,
-                                       r_sense=50.0)),
-}
 SHAPES = [(1, 1), (3, 5), (8, 8), (16, 12), (32, 32)]
 
 
