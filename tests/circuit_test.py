@@ -556,6 +556,7 @@ def test_grad_256_memory():
                        capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr
   delta_kib, g_min, g_max, finite = out.stdout.split()
+  print(f"peak RSS grew {int(delta_kib) / 1024 ** 2:.2f} GiB")
   assert int(delta_kib) < 2 * 1024 ** 2, f"peak RSS grew {delta_kib} KiB"
   assert finite == "True"
   # Thomson's principle (see above): every entry lies in [0, 1].
