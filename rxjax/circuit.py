@@ -583,6 +583,8 @@ def effective_conductance(g, wires: Wires, *,
     raise ValueError(
         "method='nested' needs static wire resistances r_row, r_col > 0 (its "
         f"leaves are wire conductances); got {resistances[:2]}: use 'sweep'")
+  if all(k == "zero" for k in kinds):
+    return back(g)  # No parasitics: the devices themselves.
   if method == "auto":
     m, n = g.shape[-2:]
     cheaper = _nested_flops(m, n) < _sweep_flops(m, n)
