@@ -1,0 +1,552 @@
+"""The three-stage crossbar VMM of a programmed layer (RxNN V-A, TxSim IV).
+
+This module owns what happens between a layer's weights and its outputs on a
+chip:
+
+* `Spec`: every setting of the simulated chip (tiles, mapping, device,
+  wires, converters, backward mode), frozen and hashable.
+* `program`: weights -> a `Chip` pytree: programmed conductances of every
+  tile (mapping + one chip instance of device variation), their exact
+  forward (and, for training, backward) effective conductances `G_eff` from
+  `circuit.effective_conductance`, and the converters' calibration. `G_eff`
+  is computed here once per chip, never per input.
+* `calibrate`: input scale and ADC full-scale current from a calibration
+  batch (RxNN VII, TxSim IV-B).
+* `read`: the three stages, DAC -> `v @ G_eff` per tile -> ADC, then
+  shift-and-add over input cycles and weight slices, pair subtraction, the
+  digital sum over fan-in tiles and the conversion back to weight units.
+  `direction="backward"` is the transposed read of an error signal.
+* `crossbar_matmul`: `read` with a custom VJP; the backward pass is either a
+  floating-point straight-through (RxNN re-training) or the transposed
+  non-ideal read (TxSim training).
+* `matmul`: the one-call, NumPy-like entry point.
+
+It does not own the circuit solve (`circuit.py`), the weight <-> conductance
+map (`mapping.py`), device physics (`device.py`) or the converter models
+(`periphery.py`): it composes them.
+
+Conventions. Inputs are scaled by a per-layer input scale `x_scale` into
+`[-1, 1]` and applied as two passes (positive part, then negative part, the
+digital results subtracted) unless `Spec.inputs == "non_negative"`, which
+skips the negative pass (negative inputs are then clipped to 0: use it after
+a ReLU). Conductance arrays of a chip are `[S, P, Tr, Tc, M, N]`: weight
+slices, polarities (differential: 0 = positive, 1 = negative crossbar),
+tile rows and columns of the layer's tile grid, and the tile itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rxjax import circuit
+from rxjax import device as device_lib
+from rxjax import mapping as mapping_lib
+from rxjax import periphery
+
+_BACKWARD_MODES = ("straight_through", "transposed_read")
+_INPUTS = ("signed", "non_negative")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A simulated crossbar chip. The default is the papers' chip.
+
+  Default (RxNN VII / TxSim V): 64x64 tiles; ReRAM devices 100 kOhm - 1 MOhm
+  with 2-bit cells holding 8-bit weights in 4 slices, differential pairs,
+  10% lognormal process variation; row / column wire segments of 1 / 4.6 Ohm
+  and 100 Ohm driver and sense resistances; 8-bit inputs streamed through
+  1-bit DACs at 0.25 V; 8-bit ADCs calibrated on the data.
+
+  Attributes:
+    mapping: tiles, weight precision, signed-weight scheme (`mapping.py`).
+    device: conductance range, device precision, variation (`device.py`).
+    wires: parasitic resistances of every tile, in ohm (`circuit.py`).
+    dac: input precision, DAC resolution and model (`periphery.py`).
+    adc: ADC resolution, calibration and non-idealities (`periphery.py`).
+    backward: gradient of `crossbar_matmul` w.r.t. its input:
+      "straight_through" (floating point, `dy @ w.T`; RxNN re-training) or
+      "transposed_read" (the error signal read backwards through the
+      non-ideal chip; TxSim). Weight gradients are the ideal `x.T @ dy`.
+    inputs: "signed" (two passes) or "non_negative" (one pass; negative
+      inputs clip to 0).
+  """
+
+  mapping: mapping_lib.MappingSpec = mapping_lib.MappingSpec()
+  device: device_lib.DeviceSpec = device_lib.DeviceSpec()
+  wires: circuit.Wires = circuit.Wires(
+      r_row=1.0, r_col=4.6, r_source=100.0, r_sense=100.0)
+  dac: periphery.DACSpec = periphery.DACSpec()
+  adc: periphery.ADCSpec = periphery.ADCSpec()
+  backward: str = "straight_through"
+  inputs: str = "signed"
+
+  def __post_init__(self):
+    checks = (("mapping", mapping_lib.MappingSpec),
+              ("device", device_lib.DeviceSpec), ("wires", circuit.Wires),
+              ("dac", periphery.DACSpec), ("adc", periphery.ADCSpec))
+    for name, kind in checks:
+      if not isinstance(getattr(self, name), kind):
+        raise TypeError(f"`{name}` must be a {kind.__name__}, got "
+                        f"{getattr(self, name)!r}")
+    if self.backward not in _BACKWARD_MODES:
+      raise ValueError(f"`backward` must be one of {_BACKWARD_MODES}, got "
+                       f"{self.backward!r}")
+    if self.inputs not in _INPUTS:
+      raise ValueError(f"`inputs` must be one of {_INPUTS}, got "
+                       f"{self.inputs!r}")
+
+  @classmethod
+  def ideal(cls, **overrides) -> "Spec":
+    """Every non-ideality off, full precision: reads equal `x @ w`."""
+    fields = dict(
+        mapping=mapping_lib.MappingSpec(weight_bits=None),
+        device=device_lib.DeviceSpec.ideal(),
+        wires=circuit.Wires.ideal(),
+        dac=periphery.DACSpec.ideal(),
+        adc=periphery.ADCSpec.ideal())
+    fields.update(overrides)
+    return cls(**fields)
+
+  def replace(self, **changes) -> "Spec":
+    return dataclasses.replace(self, **changes)
+
+
+@flax.struct.dataclass
+class Chip:
+  """One programmed layer on one chip instance (a pytree; vmap over chips).
+
+  Attributes:
+    g: `[S, P, Tr, Tc, M, N]` programmed device conductances (siemens).
+    g_eff: same shape, forward effective conductances (`i = v @ g_eff`).
+    g_eff_bwd: same shape, backward effective conductances
+      (`i_rows = g_eff_bwd @ v_cols`), or None when not needed.
+    y_port: `[S, P, Tr, Tc, M, M]` row-port admittances for the exact DAC
+      load (`dac.model == "divider_exact"`), else None.
+    w_scale: scalar weight scale `w_max` (weight units).
+    x_scale: scalar input scale (input units map to `[-1, 1]`).
+    adc_full_scale: scalar ADC full-scale current (amperes), forward read.
+    adc_offset, adc_gain: `[S, P, Tr, Tc, N]` per-column ADC offset (fraction
+      of full scale) and relative gain error.
+    fan_in, fan_out: the layer's shape (static).
+  """
+
+  g: jax.Array
+  g_eff: jax.Array
+  g_eff_bwd: jax.Array | None
+  y_port: jax.Array | None
+  w_scale: jax.Array
+  x_scale: jax.Array
+  adc_full_scale: jax.Array
+  adc_offset: jax.Array
+  adc_gain: jax.Array
+  fan_in: int = flax.struct.field(pytree_node=False, default=0)
+  fan_out: int = flax.struct.field(pytree_node=False, default=0)
+
+
+def _check_w(w) -> jax.Array:
+  w = jnp.asarray(w)
+  if w.ndim != 2:
+    raise ValueError(
+        f"`w` must be a [fan_in, fan_out] weight matrix, got shape {w.shape}")
+  if not jnp.issubdtype(w.dtype, jnp.floating):
+    raise TypeError(f"`w` must be floating point, got dtype {w.dtype}")
+  return w
+
+
+def _wires_ideal(wires: circuit.Wires) -> bool:
+  return all(v is None or float(v) == 0.0
+             for v in dataclasses.astuple(wires))
+
+
+def _nominal_load(spec: Spec) -> float:
+  """Row load at which the divider DAC is exact: a mid-state tile row."""
+  if spec.dac.nominal_load is not None:
+    return spec.dac.nominal_load
+  d = spec.device
+  return spec.mapping.tile_cols * (d.g_min + d.g_max) / 2
+
+
+def _design_full_scale(spec: Spec, dtype) -> jax.Array:
+  """Uncalibrated ADC range: every row at `v_read`, every cell at g_max."""
+  return jnp.asarray(
+      spec.dac.v_read * spec.mapping.tile_rows * spec.device.g_max, dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def program(w, spec: Spec, *, key) -> Chip:
+  """Programs a layer's weights onto one chip instance.
+
+  Args:
+    w: `[fan_in, fan_out]` weights.
+    spec: the chip.
+    key: PRNG key of this chip instance (device variation, ADC offsets):
+      the same key gives the same chip.
+
+  Returns:
+    The programmed `Chip`, uncalibrated (`x_scale = 1`, ADC full scale at its
+    never-clipping design value); see `calibrate`.
+  """
+  w = _check_w(w)
+  mapped = mapping_lib.program(w, spec.mapping, spec.device)
+  g = device_lib.vary(mapped.g, spec.device, key=jax.random.fold_in(key, 0))
+  if _wires_ideal(spec.wires):
+    g_eff = g_eff_bwd = g
+  else:
+    g_eff = circuit.effective_conductance(g, spec.wires)
+    g_eff_bwd = None
+    if spec.backward == "transposed_read":
+      g_eff_bwd = circuit.effective_conductance(
+          g, spec.wires, direction="backward")
+  if spec.backward != "transposed_read":
+    g_eff_bwd = None
+  y_port = None
+  if spec.dac.model == "divider_exact":
+    y_port = periphery.port_admittance(g, spec.wires)
+  offset, gain = periphery.adc_variation(
+      g.shape[:-2] + g.shape[-1:], spec.adc,
+      key=jax.random.fold_in(key, 1), dtype=g.dtype)
+  return Chip(g=g, g_eff=g_eff, g_eff_bwd=g_eff_bwd, y_port=y_port,
+              w_scale=mapped.w_scale, x_scale=jnp.ones((), g.dtype),
+              adc_full_scale=_design_full_scale(spec, g.dtype),
+              adc_offset=offset, adc_gain=gain, fan_in=w.shape[0],
+              fan_out=w.shape[1])
+
+
+# ---------------------------------------------------------------------------
+# The read.
+
+
+def _passes(x01, spec: Spec):
+  """[Q, ...] non-negative input passes: (x+, x-) or (x+,)."""
+  if spec.inputs == "non_negative":
+    return jnp.maximum(x01, 0)[None]
+  return jnp.stack([jnp.maximum(x01, 0), jnp.maximum(-x01, 0)])
+
+
+def _pad_to(x, size, axis=-1):
+  pad = size - x.shape[axis]
+  if pad == 0:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths)
+
+
+def _input_codes(x, chip: Chip, spec: Spec):
+  """Per-cycle normalized DAC codes of a batch, tiled.
+
+  Args:
+    x: `[B, fan_in]` inputs.
+
+  Returns:
+    `[C, Q, B, Tr, M]`: cycles, input passes, batch, fan-in tiles, rows.
+  """
+  _, _, tr, _, m, _ = chip.g.shape
+  u = periphery.stream(_passes(x / chip.x_scale, spec), spec.dac)
+  u = _pad_to(u, tr * m)
+  return u.reshape(u.shape[:-1] + (tr, m))
+
+
+def _scan_tile_rows(u, chip: Chip, spec: Spec, reduce, init, g_eff=None):
+  """Column currents of one fan-in tile row at a time, folded by `reduce`.
+
+  The DAC, the per-tile products `v @ G_eff` and whatever `reduce` does with
+  the currents (ADC and digital accumulation, or calibration statistics) run
+  inside one scan step, so the `[C, Q, B, S, P, Tc, N]` currents of a tile
+  row stay small and are never stored for the whole layer.
+
+  Args:
+    u: `[C, Q, B, Tr, M]` normalized DAC codes.
+    chip: the programmed layer.
+    spec: its spec.
+    reduce: `(acc, i, r) -> acc` with `i` the currents `[C, Q, B, S, P, Tc,
+      N]` (amperes) of tile row `r`.
+    init: initial accumulator.
+    g_eff: overrides `chip.g_eff` (read noise).
+  """
+  g_eff = chip.g_eff if g_eff is None else g_eff
+  dac = spec.dac
+  load = _nominal_load(spec)
+
+  def step(acc, xs):
+    u_r, g_r, r = xs  # [C, Q, B, M], [S, P, Tc, M, N]
+    if dac.model == "ideal":
+      v = periphery.dac_voltage(u_r, dac)
+      i = jnp.einsum("cqbm,sptmn->cqbsptn", v, g_r)
+    else:
+      u_t = u_r[:, :, :, None, None, None, :]
+      if dac.model == "divider":
+        g_load = periphery.row_load(g_r)  # [S, P, Tc, M]
+        v = periphery.dac_voltage(u_t, dac, g_load, nominal_load=load)
+      else:
+        y_r = jnp.moveaxis(chip.y_port, 2, 0)[r]
+        u_t = jnp.broadcast_to(u_t, u_t.shape[:3] + g_r.shape[:-1])
+        v = periphery.dac_voltage_exact(u_t, dac, y_r, nominal_load=load)
+      i = jnp.einsum("cqbsptm,sptmn->cqbsptn", v, g_r)
+    return reduce(acc, i, r), None
+
+  tr = u.shape[3]
+  xs = (jnp.moveaxis(u, 3, 0), jnp.moveaxis(g_eff, 2, 0), jnp.arange(tr))
+  acc, _ = jax.lax.scan(step, init, xs)
+  return acc
+
+
+def _adc_columns(chip: Chip, spec: Spec):
+  """Per-column ADC offset and gain `[Tr, S, P, Tc, N]`, or None when off."""
+  if spec.adc.offset_sigma == 0 and spec.adc.gain_sigma == 0:
+    return None, None
+  return (jnp.moveaxis(chip.adc_offset, 2, 0),
+          jnp.moveaxis(chip.adc_gain, 2, 0))
+
+
+def _read_forward(x, chip: Chip, spec: Spec, key):
+  g_eff = chip.g_eff
+  if spec.device.read_noise > 0:
+    g_eff = device_lib.read(g_eff, spec.device, key=key)
+  u = _input_codes(x, chip, spec)
+  c, q, b = u.shape[:3]
+  s, p, _, tc, _, n = chip.g.shape
+  dtype = chip.g.dtype
+  cw = jnp.asarray(periphery.cycle_weights(spec.dac), dtype)
+  sw = jnp.asarray(mapping_lib.slice_weights(spec.mapping, spec.device), dtype)
+  offsets, gains = _adc_columns(chip, spec)
+
+  def reduce(acc, i, r):
+    offset = None if offsets is None else offsets[r]
+    gain = None if gains is None else gains[r]
+    i = periphery.adc(i, chip.adc_full_scale, spec.adc, offset=offset,
+                      gain=gain)
+    # Shift-and-add over input cycles and weight slices (RxNN V-A), then the
+    # digital sum over fan-in tiles (the scan).
+    return acc + jnp.einsum("cqbsptn,c,s->qbptn", i, cw, sw)
+
+  acc = _scan_tile_rows(u, chip, spec, reduce,
+                        jnp.zeros((q, b, p, tc, n), dtype), g_eff=g_eff)
+  d = spec.device
+  acc = acc / (spec.dac.v_read * (d.g_max - d.g_min))
+  if spec.mapping.signed == "differential":
+    y = acc[:, :, 0] - acc[:, :, 1]
+  else:
+    # Data columns minus the tile's reference column (the last); the
+    # represented weight is w_max * (2 u_hat - 1), so the offset is removed
+    # with the digital sum of the applied (quantized) inputs.
+    x_sum = jnp.einsum("cqbrm,c->qb", u, cw)
+    y = 2 * (acc[:, :, 0, :, :-1] - acc[:, :, 0, :, -1:])
+    y = y - x_sum[:, :, None, None]
+  y = y.reshape(y.shape[:2] + (-1,))
+  y = y[0] - y[1] if q == 2 else y[0]
+  return y * chip.x_scale * chip.w_scale
+
+
+def _read_backward(dy, chip: Chip, spec: Spec, key):
+  """Transposed read: column drivers, row sense amplifiers (TxSim IV)."""
+  if chip.g_eff_bwd is None:
+    raise ValueError("this chip was programmed without backward G_eff: "
+                     "program it with spec.backward='transposed_read'")
+  g_bwd = chip.g_eff_bwd
+  if spec.device.read_noise > 0:
+    g_bwd = device_lib.read(g_bwd, spec.device, key=key)
+  s, p, tr, tc, m, n = chip.g.shape
+  offset_scheme = spec.mapping.signed == "offset"
+  n_data = n - 1 if offset_scheme else n
+  # Errors are signed and their range is not known in advance: scale by the
+  # batch's largest magnitude (a digital normalization) and use two passes.
+  dy_scale = jnp.max(jnp.abs(dy))
+  dy_scale = jnp.where(dy_scale > 0, dy_scale, 1).astype(dy.dtype)
+  d01 = dy / dy_scale
+  passes = jnp.stack([jnp.maximum(d01, 0), jnp.maximum(-d01, 0)])
+  u = periphery.stream(passes, spec.dac)  # [C, Q, B, F]
+  u = _pad_to(u, tc * n_data).reshape(u.shape[:-1] + (tc, n_data))
+  if offset_scheme:  # The reference column is not driven.
+    u = _pad_to(u, n)
+  v = periphery.dac_voltage(u, spec.dac) if spec.dac.model == "ideal" else (
+      _backward_divider(u, g_bwd, spec))
+  if v.ndim == 5:
+    i = jnp.einsum("cqbtn,sprtmn->cqbsprtm", v, g_bwd)
+  else:
+    i = jnp.einsum("cqbsprtn,sprtmn->cqbsprtm", v, g_bwd)
+  # Row ADCs: full scale from this error batch (dynamic range, TxSim IV-B).
+  full_scale = periphery.full_scale(i, spec.adc)
+  i = periphery.adc(i, full_scale, spec.adc)
+  i = i.sum(axis=6)  # Digital sum over column tiles: [C, Q, B, S, P, Tr, M].
+  cw = jnp.asarray(periphery.cycle_weights(spec.dac), i.dtype)
+  sw = jnp.asarray(mapping_lib.slice_weights(spec.mapping, spec.device),
+                   i.dtype)
+  d = spec.device
+  unit = spec.dac.v_read * (d.g_max - d.g_min)
+  acc = jnp.einsum("cqbsprm,c,s->qbprm", i, cw, sw)
+  if offset_scheme:
+    # Baseline of the g_min cells, removed digitally; weight offset as in
+    # the forward read.
+    u_sum = jnp.einsum("cqbtn,c->qb", u, cw)
+    base = d.g_min * spec.dac.v_read * sw.sum() * u_sum
+    acc = acc[:, :, 0] - base[:, :, None, None]
+    y = 2 * acc / unit - u_sum[:, :, None, None]
+  else:
+    y = (acc[:, :, 0] - acc[:, :, 1]) / unit
+  y = y.reshape(y.shape[:2] + (-1,))
+  y = y[0] - y[1]
+  return y * dy_scale * chip.w_scale
+
+
+def _backward_divider(u, g_bwd, spec):
+  dac = spec.dac
+  load = _nominal_load(spec)
+  u = u[:, :, :, None, None, None, :, :]  # [C, Q, B, 1, 1, 1, Tc, N]
+  if dac.model == "divider":
+    g_load = g_bwd.sum(-2)  # Column loads: [S, P, Tr, Tc, N].
+    return periphery.dac_voltage(u, dac, g_load, nominal_load=load)
+  raise NotImplementedError(
+      "dac.model='divider_exact' is implemented for forward reads only")
+
+
+def read(x, chip: Chip, spec: Spec, *, key=None,
+         direction: str = "forward") -> jax.Array:
+  """The non-ideal crossbar VMM.
+
+  Args:
+    x: forward: `[..., fan_in]` inputs (input units); backward: `[...,
+      fan_out]` error signal.
+    chip: a programmed (and usually calibrated) layer.
+    spec: the spec the chip was programmed with.
+    key: PRNG key for read noise (needed only if `spec.device.read_noise`).
+    direction: "forward" (`~ x @ w`) or "backward" (`~ x @ w.T`).
+
+  Returns:
+    `[..., fan_out]` (forward) or `[..., fan_in]` (backward) in the units of
+    `x @ w`.
+  """
+  if direction not in ("forward", "backward"):
+    raise ValueError(
+        f"`direction` must be 'forward' or 'backward', got {direction!r}")
+  if spec.device.read_noise > 0 and key is None:
+    raise ValueError("spec.device.read_noise > 0 needs a `key` per read")
+  x = jnp.asarray(x)
+  fan_in, fan_out = chip.fan_in, chip.fan_out
+  want, give = (fan_in, fan_out) if direction == "forward" else (fan_out,
+                                                                 fan_in)
+  if x.ndim < 1 or x.shape[-1] != want:
+    raise ValueError(
+        f"`x` must have shape [..., {want}] for a {direction} read of a "
+        f"{fan_in}x{fan_out} layer, got {x.shape}")
+  batch = x.shape[:-1]
+  x2 = x.reshape((-1, want)).astype(chip.g.dtype)
+  fn = _read_forward if direction == "forward" else _read_backward
+  y = fn(x2, chip, spec, key)[:, :give]
+  return y.reshape(batch + (give,))
+
+
+def calibrate(chip: Chip, x, spec: Spec) -> Chip:
+  """Sets the input scale and the ADC full scale from a calibration batch.
+
+  Args:
+    chip: a programmed layer.
+    x: `[..., fan_in]` calibration inputs (zero-padded up to the tile grid
+      if narrower).
+    spec: the chip's spec. The input scale is `spec.dac.calibration` ("max"
+      or a percentile) of `|x|`; the ADC full scale the same statistic of
+      every column current of every tile, cycle and pass.
+
+  Returns:
+    The chip with `x_scale` and `adc_full_scale` set.
+  """
+  x = jnp.asarray(x, chip.g.dtype)
+  if x.ndim < 1 or x.shape[-1] != chip.fan_in:
+    raise ValueError(f"calibration inputs must have shape [..., "
+                     f"{chip.fan_in}], got {x.shape}")
+  x = x.reshape((-1, chip.fan_in))
+  x_scale = periphery.input_scale(x, spec.dac).astype(chip.g.dtype)
+  chip = chip.replace(x_scale=x_scale)
+  u = _input_codes(x, chip, spec)
+  if spec.adc.calibration == "max":
+    reduce = lambda acc, i, r: jnp.maximum(acc, i.max())
+    full = _scan_tile_rows(u, chip, spec, reduce, jnp.zeros((), x.dtype))
+    full = jnp.where(full > 0, full, 1)
+  else:
+    # A percentile needs every current: keep calibration batches small.
+    reduce = lambda acc, i, r: acc.at[r].set(i)
+    c, q, b = u.shape[:3]
+    s, p, tr, tc, _, n = chip.g.shape
+    init = jnp.zeros((tr, c, q, b, s, p, tc, n), x.dtype)
+    full = periphery.full_scale(_scan_tile_rows(u, chip, spec, reduce, init),
+                                spec.adc)
+  return chip.replace(adc_full_scale=full.astype(chip.g.dtype))
+
+
+# ---------------------------------------------------------------------------
+# The layer primitive with its backward physics.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def crossbar_matmul(x, w, chip: Chip, key, spec: Spec):
+  """`~ x @ w` on the chip programmed from `w`, with crossbar gradients.
+
+  Args:
+    x: `[..., fan_in]` inputs.
+    w: `[fan_in, fan_out]` the weights `chip` was programmed from (used only
+      by the gradients).
+    chip: the programmed, calibrated layer.
+    key: PRNG key for read noise, or None.
+    spec: static spec.
+
+  Returns:
+    `[..., fan_out]`. Gradients: w.r.t. `w`, the ideal `x.T @ dy`; w.r.t.
+    `x`, `dy @ w.T` (`spec.backward == "straight_through"`) or the transposed
+    non-ideal read of `dy` ("transposed_read"); none w.r.t. the chip.
+  """
+  return read(x, chip, spec, key=key)
+
+
+def _matmul_fwd(x, w, chip, key, spec):
+  return read(x, chip, spec, key=key), (x, w, chip, key)
+
+
+def _matmul_bwd(spec, residuals, dy):
+  x, w, chip, key = residuals
+  if spec.backward == "straight_through":
+    dx = dy @ w.T.astype(dy.dtype)
+  else:
+    bkey = None if key is None else jax.random.fold_in(key, 1)
+    dx = read(dy, chip, spec, key=bkey, direction="backward")
+  x2 = x.reshape((-1, x.shape[-1]))
+  dw = (x2.T @ dy.reshape((-1, dy.shape[-1]))).astype(w.dtype)
+  dchip = jax.tree.map(jnp.zeros_like, chip)
+  return dx.astype(x.dtype), dw, dchip, None
+
+
+crossbar_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def matmul(x, w, spec: Spec | None = None, *, key) -> jax.Array:
+  """`x @ w` computed on a simulated crossbar chip: the one-call entry point.
+
+  Programs `w` onto one chip instance drawn from `key`, calibrates the input
+  scale and the ADCs on `x` itself, and reads.
+
+  Args:
+    x: `[..., fan_in]` inputs.
+    w: `[fan_in, fan_out]` weights.
+    spec: the chip; None is the papers' default `Spec()`. `Spec.ideal()`
+      reproduces `x @ w` to float rounding.
+    key: PRNG key: one key is one chip instance.
+
+  Returns:
+    `[..., fan_out]`, differentiable as `crossbar_matmul`.
+
+  Example:
+    >>> y = rxjax.matmul(x, w, key=jax.random.key(0))
+  """
+  spec = Spec() if spec is None else spec
+  w = _check_w(w)
+  x = jnp.asarray(x)
+  if x.ndim < 1 or x.shape[-1] != w.shape[0]:
+    raise ValueError(f"`x` must have shape [..., {w.shape[0]}] to multiply "
+                     f"a {w.shape[0]}x{w.shape[1]} `w`, got {x.shape}")
+  chip = program(w, spec, key=jax.random.fold_in(key, 0))
+  chip = calibrate(chip, jax.lax.stop_gradient(x), spec)
+  return crossbar_matmul(x, w, chip, jax.random.fold_in(key, 1), spec)

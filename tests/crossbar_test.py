@@ -1,0 +1,342 @@
+"""The three-stage crossbar VMM against independent references.
+
+References: `x @ w` in the ideal limit; per-tile exact node solves
+(`circuit.node_voltages`, a different code path from `G_eff`) summed in
+NumPy; converters re-implemented in NumPy from their documented formulas.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rxjax
+from rxjax import circuit, crossbar, device, mapping, periphery
+from rxjax.crossbar import Spec
+
+RERAM_WIRES = circuit.Wires(r_row=1.0, r_col=4.6, r_source=100.0,
+                            r_sense=100.0)
+
+
+def _ideal(**kw):
+  return Spec.ideal(**kw)
+
+
+def _small_tiles(spec, m=8, n=6):
+  return spec.replace(mapping=dataclasses.replace(spec.mapping, tile_rows=m,
+                                                  tile_cols=n))
+
+
+def _data(seed, batch, fan_in, fan_out, signed=True):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(batch, fan_in))
+  if not signed:
+    x = np.abs(x)
+  w = rng.normal(size=(fan_in, fan_out))
+  return jnp.asarray(x), jnp.asarray(w)
+
+
+@pytest.mark.parametrize("signed", ["differential", "offset"])
+@pytest.mark.parametrize("shape", [(1, 1), (8, 6), (13, 7), (20, 17), (5, 30)])
+def test_ideal_spec_is_matmul(shape, signed):
+  spec = _small_tiles(_ideal())
+  spec = spec.replace(mapping=dataclasses.replace(spec.mapping, signed=signed))
+  x, w = _data(0, 4, *shape)
+  y = rxjax.matmul(x, w, spec, key=jax.random.key(0))
+  np.testing.assert_allclose(y, x @ w, rtol=1e-9, atol=1e-9 * np.abs(
+      np.asarray(x @ w)).max())
+
+
+def test_ideal_spec_is_matmul_float32_and_batch_axes():
+  spec = _small_tiles(_ideal())
+  x, w = _data(1, 6, 19, 11)
+  x = x.astype(jnp.float32).reshape(2, 3, 19)
+  w = w.astype(jnp.float32)
+  y = rxjax.matmul(x, w, spec, key=jax.random.key(0))
+  assert y.dtype == jnp.float32 and y.shape == (2, 3, 11)
+  np.testing.assert_allclose(y, x @ w, atol=2e-5 * float(jnp.abs(x @ w).max()))
+
+
+def test_default_spec_is_close_to_matmul():
+  # The papers' chip: 8-bit weights and inputs, 10% variation, IR drop.
+  x, w = _data(2, 16, 100, 40, signed=False)
+  y = rxjax.matmul(x, w, key=jax.random.key(0))
+  ref = x @ w
+  err = float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref))
+  assert 1e-3 < err < 0.3  # Non-ideal, but still the same product.
+
+
+def test_non_negative_inputs_clip():
+  spec = _small_tiles(_ideal(inputs="non_negative"))
+  x, w = _data(3, 4, 10, 5)
+  y = rxjax.matmul(x, w, spec, key=jax.random.key(0))
+  np.testing.assert_allclose(y, jnp.maximum(x, 0) @ w, rtol=1e-9, atol=1e-12)
+
+
+def _numpy_tile_currents(g, v, wires):
+  """Forward currents of every tile from per-input node solves."""
+  s, p, tr, tc, m, n = g.shape
+  out = np.zeros(v.shape[:-2] + (s, p, tr, tc, n))
+  for idx in np.ndindex(s, p, tr, tc):
+    vt = v[..., idx[2], :]
+    sol = circuit.node_voltages(g[idx], vt, wires)
+    out[(...,) + idx + (slice(None),)] = np.asarray(sol.i_out)
+  return out
+
+
+@pytest.mark.parametrize("signed", ["differential", "offset"])
+def test_nonideal_wires_match_node_solves(signed):
+  # Converters ideal, devices continuous: the read must equal the sum of the
+  # exact per-tile column currents, recombined by hand.
+  spec = _small_tiles(_ideal(wires=RERAM_WIRES, inputs="non_negative"))
+  spec = spec.replace(mapping=dataclasses.replace(spec.mapping, signed=signed))
+  x, w = _data(4, 3, 13, 9, signed=False)
+  chip = crossbar.program(w, spec, key=jax.random.key(1))
+  chip = crossbar.calibrate(chip, x, spec)
+  y = crossbar.read(x, chip, spec)
+
+  d = spec.device
+  g = np.asarray(chip.g)
+  tr, m = g.shape[2], g.shape[4]
+  u = np.zeros((3, tr * m))
+  u[:, :13] = np.asarray(x) / float(chip.x_scale)
+  v = u.reshape(3, tr, m) * spec.dac.v_read
+  i = _numpy_tile_currents(g, v, spec.wires).sum(axis=3)  # over fan-in tiles
+  unit = spec.dac.v_read * (d.g_max - d.g_min)
+  if signed == "differential":
+    z = (i[:, 0, 0] - i[:, 0, 1]) / unit
+  else:
+    z = 2 * (i[:, 0, 0, :, :-1] - i[:, 0, 0, :, -1:]) / unit
+    z = z - u.sum(-1)[:, None, None]
+  ref = z.reshape(3, -1)[:, :9] * float(chip.x_scale * chip.w_scale)
+  np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-12)
+  # IR drop is visible: the read is not the ideal product.
+  assert float(jnp.abs(y - x @ w).max()) > 1e-4 * float(jnp.abs(x @ w).max())
+
+
+def test_quantized_slices_recombine_exactly():
+  # 8-bit weights in four 2-bit slices, 8-bit inputs streamed through 1-bit
+  # DACs, no ADC: the read is exactly quantize(x) @ unmap(chip).
+  spec = _small_tiles(_ideal(
+      mapping=mapping.MappingSpec(weight_bits=8),
+      device=dataclasses.replace(device.DeviceSpec.ideal(), device_bits=2),
+      dac=periphery.DACSpec(input_bits=8, dac_bits=1)))
+  x, w = _data(5, 5, 17, 10)
+  chip = crossbar.program(w, spec, key=jax.random.key(0))
+  chip = crossbar.calibrate(chip, x, spec)
+  assert chip.g.shape[0] == 4
+  y = crossbar.read(x, chip, spec)
+  w_hat = mapping.unmap(chip.g, chip.w_scale, spec.mapping, spec.device,
+                        w.shape)
+  xs = np.asarray(x) / float(chip.x_scale)
+  xq = np.sign(xs) * np.round(np.abs(xs) * 255) / 255 * float(chip.x_scale)
+  np.testing.assert_allclose(y, xq @ np.asarray(w_hat), rtol=1e-9,
+                             atol=1e-12)
+  # And the quantization is the promised one.
+  assert float(jnp.abs(w_hat - w).max()) <= float(chip.w_scale) / 255 / 2 * (
+      1 + 1e-9)
+
+
+def test_adc_readout_matches_numpy():
+  # One slice, one cycle, 5-bit ADC, calibrated on the data: y is the sum
+  # over tiles of the quantized pair currents, computed here in NumPy.
+  spec = _small_tiles(_ideal(
+      wires=RERAM_WIRES, inputs="non_negative",
+      adc=periphery.ADCSpec(bits=5)))
+  x, w = _data(6, 4, 12, 7, signed=False)
+  chip = crossbar.calibrate(
+      crossbar.program(w, spec, key=jax.random.key(0)), x, spec)
+  y = crossbar.read(x, chip, spec)
+
+  g_eff = np.asarray(chip.g_eff)
+  tr, m = g_eff.shape[2], g_eff.shape[4]
+  u = np.zeros((4, tr * m))
+  u[:, :12] = np.asarray(x) / float(chip.x_scale)
+  v = u.reshape(4, tr, m) * spec.dac.v_read
+  i = np.einsum("brm,prtmn->bprtn", v, g_eff[0])
+  fs = float(chip.adc_full_scale)
+  assert fs == pytest.approx(i.max(), rel=1e-12)  # "max" calibration
+  q = np.round(np.clip(i / fs, 0, 1) * 31) / 31 * fs
+  d = spec.device
+  z = (q[:, 0] - q[:, 1]).sum(1) / (spec.dac.v_read * (d.g_max - d.g_min))
+  ref = z.reshape(4, -1)[:, :7] * float(chip.x_scale * chip.w_scale)
+  np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_divider_dac_matches_numpy():
+  spec = _small_tiles(_ideal(
+      wires=RERAM_WIRES, inputs="non_negative",
+      dac=periphery.DACSpec(input_bits=None, dac_bits=None, model="divider",
+                            r_pd=2e3, v_ref=0.5)))
+  x, w = _data(7, 3, 10, 6, signed=False)
+  chip = crossbar.calibrate(
+      crossbar.program(w, spec, key=jax.random.key(0)), x, spec)
+  y = crossbar.read(x, chip, spec)
+
+  g_eff = np.asarray(chip.g_eff)[0]  # [P, Tr, Tc, M, N]
+  tr, m = g_eff.shape[1], g_eff.shape[3]
+  u = np.zeros((3, tr * m))
+  u[:, :10] = np.asarray(x) / float(chip.x_scale)
+  u = u.reshape(3, tr, m)
+  d = spec.device
+  g_nom = spec.mapping.tile_cols * (d.g_min + d.g_max) / 2
+  g_pd, v_ref = 1 / 2e3, 0.5
+  t = u * spec.dac.v_read / v_ref  # [B, Tr, M]
+  g_dac = t * (g_pd + g_nom) / (1 - t)
+  g_load = g_eff.sum(-1)  # [P, Tr, Tc, M]
+  v = v_ref * g_dac[:, None, :, None, :] / (
+      g_dac[:, None, :, None, :] + g_pd + g_load[None])
+  i = np.einsum("bprtm,prtmn->bprtn", v, g_eff).sum(2)
+  z = (i[:, 0] - i[:, 1]) / (spec.dac.v_read * (d.g_max - d.g_min))
+  ref = z.reshape(3, -1)[:, :6] * float(chip.x_scale * chip.w_scale)
+  np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-12)
+  # The loaded divider does not deliver the ideal voltages.
+  ideal = crossbar.read(x, chip, spec.replace(dac=periphery.DACSpec.ideal()))
+  assert float(jnp.abs(y - ideal).max()) > 1e-3 * float(jnp.abs(ideal).max())
+
+
+def test_same_key_same_chip_different_keys_differ():
+  spec = _small_tiles(Spec())
+  _, w = _data(8, 1, 20, 9)
+  a = crossbar.program(w, spec, key=jax.random.key(3))
+  b = crossbar.program(w, spec, key=jax.random.key(3))
+  c = crossbar.program(w, spec, key=jax.random.key(4))
+  np.testing.assert_array_equal(a.g_eff, b.g_eff)
+  assert float(jnp.abs(a.g - c.g).max()) > 0
+
+
+def test_vmap_over_chip_instances_equals_loop():
+  spec = _small_tiles(Spec(inputs="non_negative"))
+  x, w = _data(9, 4, 20, 9, signed=False)
+  keys = jax.random.split(jax.random.key(0), 3)
+  chips = jax.vmap(lambda k: crossbar.program(w, spec, key=k))(keys)
+  chips = jax.vmap(lambda c: crossbar.calibrate(c, x, spec))(chips)
+  ys = jax.vmap(lambda c: crossbar.read(x, c, spec))(chips)
+  for k in range(3):
+    chip = crossbar.calibrate(crossbar.program(w, spec, key=keys[k]), x, spec)
+    np.testing.assert_allclose(ys[k], crossbar.read(x, chip, spec),
+                               rtol=1e-12, atol=1e-15)
+  assert float(jnp.abs(ys[0] - ys[1]).max()) > 0
+
+
+def test_straight_through_gradient_is_matmul_gradient():
+  spec = _small_tiles(Spec())  # non-ideal forward
+  x, w = _data(10, 5, 14, 8)
+  dy = jax.random.normal(jax.random.key(1), (5, 8), jnp.float64)
+  loss = lambda x, w: jnp.sum(rxjax.matmul(x, w, spec, key=jax.random.key(2))
+                              * dy)
+  gx, gw = jax.grad(loss, argnums=(0, 1))(x, w)
+  np.testing.assert_allclose(gx, dy @ w.T, rtol=1e-12)
+  np.testing.assert_allclose(gw, x.T @ dy, rtol=1e-12)
+
+
+def test_ideal_spec_passes_check_grads():
+  from jax.test_util import check_grads
+  spec = _small_tiles(_ideal())
+  x, w = _data(11, 3, 9, 7)
+  check_grads(lambda x, w: rxjax.matmul(x, w, spec, key=jax.random.key(0)),
+              (x, w), order=1, modes=["rev"], eps=1e-6)
+
+
+def test_transposed_read_gradient_is_explicit_backward_read():
+  spec = _small_tiles(Spec(backward="transposed_read",
+                           wires=dataclasses.replace(
+                               RERAM_WIRES, r_source_backward=300.0)))
+  x, w = _data(12, 4, 14, 8)
+  chip = crossbar.calibrate(
+      crossbar.program(w, spec, key=jax.random.key(0)), x, spec)
+  dy = jax.random.normal(jax.random.key(1), (4, 8), jnp.float64)
+  _, vjp = jax.vjp(lambda x: crossbar.crossbar_matmul(x, w, chip, None, spec),
+                   x)
+  (gx,) = vjp(dy)
+  explicit = crossbar.read(dy, chip, spec, direction="backward")
+  np.testing.assert_array_equal(gx, explicit)
+  # It approximates dy @ w.T, but is not it.
+  ref = dy @ w.T
+  err = float(jnp.linalg.norm(gx - ref) / jnp.linalg.norm(ref))
+  assert 1e-4 < err < 0.3
+
+
+@pytest.mark.parametrize("signed", ["differential", "offset"])
+def test_backward_read_matches_node_solves(signed):
+  spec = _small_tiles(_ideal(
+      wires=dataclasses.replace(RERAM_WIRES, r_source_backward=300.0,
+                                r_sense_backward=30.0),
+      backward="transposed_read"))
+  spec = spec.replace(mapping=dataclasses.replace(spec.mapping, signed=signed))
+  x, w = _data(13, 2, 11, 9)
+  chip = crossbar.program(w, spec, key=jax.random.key(0))
+  dy = np.random.default_rng(0).normal(size=(2, 9))
+  y = crossbar.read(dy, chip, spec, direction="backward")
+
+  g = np.asarray(chip.g)
+  s, p, tr, tc, m, n = g.shape
+  nd = n - 1 if signed == "offset" else n
+  scale = np.abs(dy).max()
+  d = spec.device
+  unit = spec.dac.v_read * (d.g_max - d.g_min)
+  out = 0
+  for sign, part in ((1, np.maximum(dy, 0)), (-1, np.maximum(-dy, 0))):
+    u = np.zeros((2, tc * nd))
+    u[:, :9] = part / scale
+    u = u.reshape(2, tc, nd)
+    if signed == "offset":
+      u = np.concatenate([u, np.zeros((2, tc, 1))], -1)
+    i = np.zeros((2, p, tr, m))
+    for pp, r, t in np.ndindex(p, tr, tc):
+      sol = circuit.node_voltages(g[0, pp, r, t], u[:, t] * spec.dac.v_read,
+                                  spec.wires, direction="backward")
+      i[:, pp, r] += np.asarray(sol.i_out)
+    if signed == "differential":
+      z = (i[:, 0] - i[:, 1]) / unit
+    else:
+      base = d.g_min * spec.dac.v_read * u.sum((1, 2))[:, None, None]
+      z = 2 * (i[:, 0] - base) / unit - u.sum((1, 2))[:, None, None]
+    out = out + sign * z.reshape(2, -1)[:, :11]
+  np.testing.assert_allclose(y, out * scale * float(chip.w_scale),
+                             rtol=1e-9, atol=1e-12)
+
+
+def test_ideal_backward_read_is_transposed_matmul():
+  spec = _small_tiles(_ideal(backward="transposed_read"))
+  x, w = _data(14, 3, 13, 10)
+  chip = crossbar.program(w, spec, key=jax.random.key(0))
+  dy = jnp.asarray(np.random.default_rng(1).normal(size=(3, 10)))
+  y = crossbar.read(dy, chip, spec, direction="backward")
+  np.testing.assert_allclose(y, dy @ w.T, rtol=1e-9, atol=1e-12)
+
+
+def test_read_noise_needs_key_and_varies_per_read():
+  spec = _small_tiles(Spec(device=dataclasses.replace(device.DeviceSpec(),
+                                                      read_noise=0.05)))
+  x, w = _data(15, 2, 10, 5)
+  chip = crossbar.program(w, spec, key=jax.random.key(0))
+  with pytest.raises(ValueError, match="read_noise"):
+    crossbar.read(x, chip, spec)
+  a = crossbar.read(x, chip, spec, key=jax.random.key(1))
+  b = crossbar.read(x, chip, spec, key=jax.random.key(2))
+  c = crossbar.read(x, chip, spec, key=jax.random.key(1))
+  np.testing.assert_array_equal(a, c)
+  assert float(jnp.abs(a - b).max()) > 0
+
+
+def test_bad_inputs_raise_clear_errors():
+  with pytest.raises(ValueError, match="backward"):
+    Spec(backward="sideways")
+  with pytest.raises(ValueError, match="inputs"):
+    Spec(inputs="complex")
+  with pytest.raises(TypeError, match="wires"):
+    Spec(wires=(1.0, 4.6))
+  with pytest.raises(ValueError, match="r_row"):
+    Spec(wires=circuit.Wires(r_row=-1.0))
+  x, w = _data(16, 2, 10, 5)
+  with pytest.raises(ValueError, match=r"\[\.\.\., 10\]"):
+    rxjax.matmul(x[:, :9], w, key=jax.random.key(0))
+  with pytest.raises(ValueError, match="fan_in, fan_out"):
+    rxjax.matmul(x, w[None], key=jax.random.key(0))
+  chip = crossbar.program(w, _small_tiles(Spec()), key=jax.random.key(0))
+  with pytest.raises(ValueError, match="transposed_read"):
+    crossbar.read(jnp.ones((2, 5)), chip, _small_tiles(Spec()),
+                  direction="backward")
