@@ -178,8 +178,46 @@ def _design_full_scale(spec: Spec, dtype) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
+def _map_and_vary(w, spec: Spec, key):
+  mapped = mapping_lib.program(w, spec.mapping, spec.device)
+  g = device_lib.vary(mapped.g, spec.device, key=jax.random.fold_in(key, 0))
+  return g, mapped.w_scale
+
+
+def _effective(g, spec: Spec):
+  """(forward, backward or None) G_eff of tiles `[..., M, N]`."""
+  if _wires_ideal(spec.wires):
+    return g, (g if spec.backward == "transposed_read" else None)
+  g_eff = circuit.effective_conductance(g, spec.wires)
+  g_eff_bwd = None
+  if spec.backward == "transposed_read":
+    g_eff_bwd = circuit.effective_conductance(g, spec.wires,
+                                              direction="backward")
+  return g_eff, g_eff_bwd
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "shape"))
+def _assemble(g, g_eff, g_eff_bwd, w_scale, spec: Spec, key, shape) -> Chip:
+  y_port = None
+  if spec.dac.model == "divider_exact":
+    y_port = periphery.port_admittance(g, spec.wires)
+  offset, gain = periphery.adc_variation(
+      g.shape[:-2] + g.shape[-1:], spec.adc,
+      key=jax.random.fold_in(key, 1), dtype=g.dtype)
+  return Chip(g=g, g_eff=g_eff, g_eff_bwd=g_eff_bwd, y_port=y_port,
+              w_scale=w_scale, x_scale=jnp.ones((), g.dtype),
+              adc_full_scale=_design_full_scale(spec, g.dtype),
+              adc_offset=offset, adc_gain=gain, fan_in=shape[0],
+              fan_out=shape[1])
+
+
 def program(w, spec: Spec, *, key) -> Chip:
   """Programs a layer's weights onto one chip instance.
+
+  Mapping (`mapping.program`), one draw of device variation
+  (`device.vary`), the exact `G_eff` of every tile (and the backward one
+  when `spec.backward == "transposed_read"`), ADC offsets and gains.
+  jit-compatible and vmappable over keys.
 
   Args:
     w: `[fan_in, fan_out]` weights.
@@ -192,29 +230,56 @@ def program(w, spec: Spec, *, key) -> Chip:
     never-clipping design value); see `calibrate`.
   """
   w = _check_w(w)
-  mapped = mapping_lib.program(w, spec.mapping, spec.device)
-  g = device_lib.vary(mapped.g, spec.device, key=jax.random.fold_in(key, 0))
-  if _wires_ideal(spec.wires):
-    g_eff = g_eff_bwd = g
-  else:
-    g_eff = circuit.effective_conductance(g, spec.wires)
-    g_eff_bwd = None
-    if spec.backward == "transposed_read":
-      g_eff_bwd = circuit.effective_conductance(
-          g, spec.wires, direction="backward")
-  if spec.backward != "transposed_read":
-    g_eff_bwd = None
-  y_port = None
-  if spec.dac.model == "divider_exact":
-    y_port = periphery.port_admittance(g, spec.wires)
-  offset, gain = periphery.adc_variation(
-      g.shape[:-2] + g.shape[-1:], spec.adc,
-      key=jax.random.fold_in(key, 1), dtype=g.dtype)
-  return Chip(g=g, g_eff=g_eff, g_eff_bwd=g_eff_bwd, y_port=y_port,
-              w_scale=mapped.w_scale, x_scale=jnp.ones((), g.dtype),
-              adc_full_scale=_design_full_scale(spec, g.dtype),
-              adc_offset=offset, adc_gain=gain, fan_in=w.shape[0],
-              fan_out=w.shape[1])
+  g, w_scale = _map_and_vary(w, spec, key)
+  g_eff, g_eff_bwd = _effective(g, spec)
+  return _assemble(g, g_eff, g_eff_bwd, w_scale, spec, key, w.shape)
+
+
+def program_layers(weights, spec: Spec, *, key, chunk: int = 256,
+                   progress=None) -> list[Chip]:
+  """Programs many layers, solving every tile's `G_eff` in equal chunks.
+
+  A network's layers have many shapes; solving their tiles together in
+  chunks of `chunk` tiles compiles the circuit solve once instead of once
+  per layer shape. Layer `k` is exactly `program(weights[k], spec,
+  key=jax.random.fold_in(key, k))`.
+
+  Args:
+    weights: sequence of `[fan_in, fan_out]` weight matrices.
+    spec: the chip.
+    key: PRNG key of the chip instance.
+    chunk: tiles per circuit solve (memory ~ `chunk * M * N` per buffer).
+    progress: optional callable `(tiles_done, tiles_total)`.
+
+  Returns:
+    One `Chip` per layer.
+  """
+  weights = [_check_w(w) for w in weights]
+  keys = [jax.random.fold_in(key, k) for k in range(len(weights))]
+  mapped = [_map_and_vary(w, spec, k) for w, k in zip(weights, keys)]
+  m, n = spec.mapping.tile_rows, spec.mapping.tile_cols
+  flat = jnp.concatenate([g.reshape(-1, m, n) for g, _ in mapped])
+  total = flat.shape[0]
+  pad = -total % chunk
+  flat = jnp.pad(flat, ((0, pad), (0, 0), (0, 0)))
+  fwd, bwd = [], []
+  for start in range(0, total + pad, chunk):
+    f, b = _effective(flat[start:start + chunk], spec)
+    fwd.append(f)
+    bwd.append(b)
+    if progress is not None:
+      jax.block_until_ready(f)
+      progress(min(start + chunk, total), total)
+  fwd = jnp.concatenate(fwd)
+  bwd = None if bwd[0] is None else jnp.concatenate(bwd)
+  chips, start = [], 0
+  for w, k, (g, w_scale) in zip(weights, keys, mapped):
+    size = g.size // (m * n)
+    take = lambda a: a[start:start + size].reshape(g.shape)
+    chips.append(_assemble(g, take(fwd), None if bwd is None else take(bwd),
+                           w_scale, spec, k, w.shape))
+    start += size
+  return chips
 
 
 # ---------------------------------------------------------------------------

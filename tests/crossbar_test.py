@@ -340,3 +340,19 @@ def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="transposed_read"):
     crossbar.read(jnp.ones((2, 5)), chip, _small_tiles(Spec()),
                   direction="backward")
+
+
+def test_program_layers_equals_program_per_layer():
+  spec = _small_tiles(Spec(backward="transposed_read"))
+  ws = [_data(17 + k, 1, fi, fo)[1] for k, (fi, fo) in
+        enumerate([(20, 9), (7, 13), (16, 6)])]
+  key = jax.random.key(5)
+  seen = []
+  chips = crossbar.program_layers(ws, spec, key=key, chunk=4,
+                                  progress=lambda d, t: seen.append((d, t)))
+  for k, (w, chip) in enumerate(zip(ws, chips)):
+    one = crossbar.program(w, spec, key=jax.random.fold_in(key, k))
+    for a, b in zip(jax.tree.leaves(chip), jax.tree.leaves(one)):
+      np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
+    assert (chip.fan_in, chip.fan_out) == w.shape
+  assert seen[-1][0] == seen[-1][1]
