@@ -539,10 +539,18 @@ def _geff_impl(g, resistances, kinds, method):
   else:
     fn = lambda t: _sweep_geff(t, r_row, r_col, r_source, r_sense, kinds[1],
                                kinds[3])
-  out = jax.vmap(fn)(g.reshape((-1, m, n)))
+  flat = g.reshape((-1, m, n))
+  # Tiles are solved in cache-sized groups: one vmap over thousands of tiles
+  # streams every intermediate through memory and runs several times slower.
+  group = max(1, _GROUP_ELEMENTS // (m * n))
+  if flat.shape[0] <= group:
+    out = jax.vmap(fn)(flat)
+  else:
+    out = jax.lax.map(fn, flat, batch_size=group)
   return out.reshape(batch + (m, n))
 
 
+_GROUP_ELEMENTS = 2**17  # tiles per group x M x N; 32 tiles of 64 x 64
 _geff_jit = jax.jit(_geff_impl, static_argnums=(2, 3))
 _METHODS = ("auto", "sweep", "nested")
 

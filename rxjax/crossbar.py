@@ -318,46 +318,56 @@ def _input_codes(x, chip: Chip, spec: Spec):
 
 
 def _scan_tile_rows(u, chip: Chip, spec: Spec, reduce, init, g_eff=None):
-  """Column currents of one fan-in tile row at a time, folded by `reduce`.
+  """Column currents of one fan-in tile row and input cycle at a time.
 
   The DAC, the per-tile products `v @ G_eff` and whatever `reduce` does with
   the currents (ADC and digital accumulation, or calibration statistics) run
-  inside one scan step, so the `[C, Q, B, S, P, Tc, N]` currents of a tile
-  row stay small and are never stored for the whole layer.
+  inside one scan step, so the `[Q, B, S, P, Tc, N]` currents of a step stay
+  cache-sized and are never stored for the whole layer.
 
   Args:
     u: `[C, Q, B, Tr, M]` normalized DAC codes.
     chip: the programmed layer.
     spec: its spec.
-    reduce: `(acc, i, r) -> acc` with `i` the currents `[C, Q, B, S, P, Tc,
-      N]` (amperes) of tile row `r`.
+    reduce: `(acc, i, r, c) -> acc` with `i` the currents `[Q, B, S, P, Tc,
+      N]` (amperes) of tile row `r` in input cycle `c`.
     init: initial accumulator.
     g_eff: overrides `chip.g_eff` (read noise).
   """
   g_eff = chip.g_eff if g_eff is None else g_eff
   dac = spec.dac
   load = _nominal_load(spec)
+  c_total, tr = u.shape[0], u.shape[3]
+  g_rows = jnp.transpose(g_eff, (2, 4, 0, 1, 3, 5))  # [Tr, M, S, P, Tc, N]
 
-  def step(acc, xs):
-    u_r, g_r, r = xs  # [C, Q, B, M], [S, P, Tc, M, N]
+  def step(acc, u_rc, g_r, r, c):
     if dac.model == "ideal":
-      v = periphery.dac_voltage(u_r, dac)
-      i = jnp.einsum("cqbm,sptmn->cqbsptn", v, g_r)
+      # One GEMM per step: [Q B, M] @ [M, S P Tc N].
+      v = periphery.dac_voltage(u_rc, dac)
+      i = jax.lax.dot_general(v, g_r, (((2,), (0,)), ((), ())))
     else:
-      u_t = u_r[:, :, :, None, None, None, :]
+      g_r = jnp.moveaxis(g_r, 0, 3)  # [S, P, Tc, M, N]
+      u_t = u_rc[:, :, None, None, None, :]
       if dac.model == "divider":
         g_load = periphery.row_load(g_r)  # [S, P, Tc, M]
         v = periphery.dac_voltage(u_t, dac, g_load, nominal_load=load)
       else:
         y_r = jnp.moveaxis(chip.y_port, 2, 0)[r]
-        u_t = jnp.broadcast_to(u_t, u_t.shape[:3] + g_r.shape[:-1])
+        u_t = jnp.broadcast_to(u_t, u_t.shape[:2] + g_r.shape[:-1])
         v = periphery.dac_voltage_exact(u_t, dac, y_r, nominal_load=load)
-      i = jnp.einsum("cqbsptm,sptmn->cqbsptn", v, g_r)
-    return reduce(acc, i, r), None
+      i = jnp.einsum("qbsptm,sptmn->qbsptn", v, g_r)
+    return reduce(acc, i, r, c)
 
-  tr = u.shape[3]
-  xs = (jnp.moveaxis(u, 3, 0), jnp.moveaxis(g_eff, 2, 0), jnp.arange(tr))
-  acc, _ = jax.lax.scan(step, init, xs)
+  def tile_row(acc, xs):
+    u_r, g_r, r = xs  # [C, Q, B, M], [M, S, P, Tc, N]
+    if c_total == 1:
+      return step(acc, u_r[0], g_r, r, 0), None
+    cycle = lambda acc, xs: (step(acc, xs[0], g_r, r, xs[1]), None)
+    acc, _ = jax.lax.scan(cycle, acc, (u_r, jnp.arange(c_total)))
+    return acc, None
+
+  acc, _ = jax.lax.scan(tile_row, init,
+                        (jnp.moveaxis(u, 3, 0), g_rows, jnp.arange(tr)))
   return acc
 
 
@@ -378,24 +388,32 @@ def _read_forward(x, chip: Chip, spec: Spec, key):
   s, p, _, tc, _, n = chip.g.shape
   dtype = chip.g.dtype
   cw = jnp.asarray(periphery.cycle_weights(spec.dac), dtype)
-  sw = jnp.asarray(mapping_lib.slice_weights(spec.mapping, spec.device), dtype)
+  sw = [float(k) for k in mapping_lib.slice_weights(spec.mapping,
+                                                    spec.device)]
   offsets, gains = _adc_columns(chip, spec)
+  differential = spec.mapping.signed == "differential"
 
-  def reduce(acc, i, r):
+  def reduce(acc, i, r, c):
     offset = None if offsets is None else offsets[r]
     gain = None if gains is None else gains[r]
     i = periphery.adc(i, chip.adc_full_scale, spec.adc, offset=offset,
                       gain=gain)
     # Shift-and-add over input cycles and weight slices (RxNN V-A), then the
-    # digital sum over fan-in tiles (the scan).
-    return acc + jnp.einsum("cqbsptn,c,s->qbptn", i, cw, sw)
+    # digital sum over fan-in tiles (the scan). Written as a sum of static
+    # slices, not an einsum or a reduction over the slice axis (which XLA's
+    # CPU backend runs ~10x slower), so that it fuses with the ADC into one
+    # pass over the currents.
+    i = sum(i[:, :, k] * sw[k] for k in range(len(sw))) * cw[c]
+    if differential:  # Pair subtraction, digital.
+      i = i[:, :, 0] - i[:, :, 1]
+    return acc + i
 
-  acc = _scan_tile_rows(u, chip, spec, reduce,
-                        jnp.zeros((q, b, p, tc, n), dtype), g_eff=g_eff)
+  init = jnp.zeros((q, b, tc, n) if differential else (q, b, p, tc, n), dtype)
+  acc = _scan_tile_rows(u, chip, spec, reduce, init, g_eff=g_eff)
   d = spec.device
   acc = acc / (spec.dac.v_read * (d.g_max - d.g_min))
-  if spec.mapping.signed == "differential":
-    y = acc[:, :, 0] - acc[:, :, 1]
+  if differential:
+    y = acc
   else:
     # Data columns minus the tile's reference column (the last); the
     # represented weight is w_max * (2 u_hat - 1), so the offset is removed
@@ -529,12 +547,12 @@ def calibrate(chip: Chip, x, spec: Spec) -> Chip:
   chip = chip.replace(x_scale=x_scale)
   u = _input_codes(x, chip, spec)
   if spec.adc.calibration == "max":
-    reduce = lambda acc, i, r: jnp.maximum(acc, i.max())
+    reduce = lambda acc, i, r, c: jnp.maximum(acc, i.max())
     full = _scan_tile_rows(u, chip, spec, reduce, jnp.zeros((), x.dtype))
     full = jnp.where(full > 0, full, 1)
   else:
     # A percentile needs every current: keep calibration batches small.
-    reduce = lambda acc, i, r: acc.at[r].set(i)
+    reduce = lambda acc, i, r, c: acc.at[r, c].set(i)
     c, q, b = u.shape[:3]
     s, p, tr, tc, _, n = chip.g.shape
     init = jnp.zeros((tr, c, q, b, s, p, tc, n), x.dtype)
