@@ -67,9 +67,10 @@ def main() -> None:
   print(f"  G_eff took {first_s:.2f} s including JIT compilation, "
         f"{again_s * 1e3:.1f} ms once compiled (best of 3)")
   print()
-  print("Training DNNs on crossbars is not built yet: the issue \"DNNs on "
-        "crossbars\" adds mapping, periphery and training; until then "
-        "train.py runs this circuit demo.")
+  print("Training DNNs on crossbars is not built yet (the issue \"DNNs on "
+        "crossbars\" adds layers, data and train.py / eval.py); until then "
+        "train.py runs this circuit demo. A whole product on a simulated "
+        "chip already works: rxjax.matmul(x, w, key=jax.random.key(0)).")
 
 
 if __name__ == "__main__":
