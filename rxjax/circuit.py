@@ -239,7 +239,6 @@ def _mmatrix_inv(a):
   k = a.shape[-1]
   if k > _SMALL:
     return jnp.linalg.inv(a)
-  eye = jnp.eye(k, dtype=a.dtype)
 
   def pivot(p, x):
     e = (jnp.arange(k) == p).astype(x.dtype)  # one-hot: no dynamic slicing

@@ -41,8 +41,8 @@ import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from rxjax import _checks
 from rxjax import circuit
 from rxjax import device as device_lib
 from rxjax import mapping as mapping_lib
@@ -93,12 +93,14 @@ class Spec:
       if not isinstance(getattr(self, name), kind):
         raise TypeError(f"`{name}` must be a {kind.__name__}, got "
                         f"{getattr(self, name)!r}")
-    if self.backward not in _BACKWARD_MODES:
-      raise ValueError(f"`backward` must be one of {_BACKWARD_MODES}, got "
-                       f"{self.backward!r}")
-    if self.inputs not in _INPUTS:
-      raise ValueError(f"`inputs` must be one of {_INPUTS}, got "
-                       f"{self.inputs!r}")
+    _checks.check_choice("backward", self.backward, _BACKWARD_MODES)
+    _checks.check_choice("inputs", self.inputs, _INPUTS)
+    if (self.backward == "transposed_read"
+        and self.dac.model == "divider_exact"):
+      raise ValueError(
+          "`dac.model` = 'divider_exact' is implemented for forward reads "
+          "only; with `backward` = 'transposed_read' use 'divider' or "
+          "'ideal'")
 
   @classmethod
   def ideal(cls, **overrides) -> "Spec":
@@ -164,9 +166,10 @@ def _wires_ideal(wires: circuit.Wires) -> bool:
 
 
 def _nominal_load(spec: Spec) -> float:
-  """Row load at which the divider DAC is exact: a mid-state tile row."""
-  if spec.dac.nominal_load is not None:
-    return spec.dac.nominal_load
+  """Default load at which the divider DAC is exact: a mid-state tile row.
+
+  `periphery` uses `spec.dac.nominal_load` instead when it is set.
+  """
   d = spec.device
   return spec.mapping.tile_cols * (d.g_min + d.g_max) / 2
 
@@ -439,8 +442,7 @@ def _read_backward(dy, chip: Chip, spec: Spec, key):
   n_data = n - 1 if offset_scheme else n
   # Errors are signed and their range is not known in advance: scale by the
   # batch's largest magnitude (a digital normalization) and use two passes.
-  dy_scale = jnp.max(jnp.abs(dy))
-  dy_scale = jnp.where(dy_scale > 0, dy_scale, 1).astype(dy.dtype)
+  dy_scale = periphery.calibrate(jnp.abs(dy), "max")
   d01 = dy / dy_scale
   passes = jnp.stack([jnp.maximum(d01, 0), jnp.maximum(-d01, 0)])
   u = periphery.stream(passes, spec.dac)  # [C, Q, B, F]
@@ -478,14 +480,14 @@ def _read_backward(dy, chip: Chip, spec: Spec, key):
 
 
 def _backward_divider(u, g_bwd, spec):
-  dac = spec.dac
-  load = _nominal_load(spec)
+  """Divider DACs on the columns, loaded by the column sums of G_eff_bwd.
+
+  (`Spec` refuses "divider_exact" with the transposed read.)
+  """
   u = u[:, :, :, None, None, None, :, :]  # [C, Q, B, 1, 1, 1, Tc, N]
-  if dac.model == "divider":
-    g_load = g_bwd.sum(-2)  # Column loads: [S, P, Tr, Tc, N].
-    return periphery.dac_voltage(u, dac, g_load, nominal_load=load)
-  raise NotImplementedError(
-      "dac.model='divider_exact' is implemented for forward reads only")
+  g_load = g_bwd.sum(-2)  # Column loads: [S, P, Tr, Tc, N].
+  return periphery.dac_voltage(u, spec.dac, g_load,
+                               nominal_load=_nominal_load(spec))
 
 
 def read(x, chip: Chip, spec: Spec, *, key=None,
@@ -549,7 +551,7 @@ def calibrate(chip: Chip, x, spec: Spec) -> Chip:
   if spec.adc.calibration == "max":
     reduce = lambda acc, i, r, c: jnp.maximum(acc, i.max())
     full = _scan_tile_rows(u, chip, spec, reduce, jnp.zeros((), x.dtype))
-    full = jnp.where(full > 0, full, 1)
+    full = periphery.calibrate(full, "max")  # All-zero data: 1, not 0.
   else:
     # A percentile needs every current: keep calibration batches small.
     reduce = lambda acc, i, r, c: acc.at[r, c].set(i)

@@ -30,10 +30,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
+
+from rxjax import _checks
 
 _VARIATIONS = ("lognormal", "normal")
 
@@ -43,23 +44,6 @@ _TAG_VARIATION = 0
 _TAG_WRITE_NOISE = 1
 _TAG_STUCK = 2
 _TAG_READ_NOISE = 3
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _as_finite_float(name: str, value, what: str) -> float:
-  """float(value), or a ValueError naming the field, the value and `what`."""
-  if isinstance(value, bool):
-    raise ValueError(f"`{name}` must be {what}, got {value!r}")
-  try:
-    as_float = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"`{name}` must be {what}, got {value!r}") from None
-  if not math.isfinite(as_float):
-    raise ValueError(f"`{name}` must be {what}, got {value!r}")
-  return as_float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +82,7 @@ class DeviceSpec:
 
   def __post_init__(self):
     for name in ("r_min", "r_max"):
-      value = _as_finite_float(
+      value = _checks.as_finite_float(
           name, getattr(self, name), "a finite resistance > 0 ohm")
       if value <= 0:
         raise ValueError(
@@ -109,23 +93,17 @@ class DeviceSpec:
           f"`r_min` must be < `r_max` (g_max > g_min; r_min >= r_max would "
           f"give g_min >= g_max), got r_min={self.r_min!r}, "
           f"r_max={self.r_max!r}")
-    if self.device_bits is not None and not (
-        _is_int(self.device_bits) and self.device_bits >= 1):
-      raise ValueError(
-          "`device_bits` must be None (continuous) or an int >= 1, got "
-          f"{self.device_bits!r}")
-    if self.variation not in _VARIATIONS:
-      raise ValueError(
-          f"`variation` must be one of {_VARIATIONS}, got {self.variation!r}")
+    _checks.check_bits("device_bits", self.device_bits, "continuous")
+    _checks.check_choice("variation", self.variation, _VARIATIONS)
     for name in ("sigma", "write_noise", "read_noise"):
-      value = _as_finite_float(name, getattr(self, name),
+      value = _checks.as_finite_float(name, getattr(self, name),
                                "a finite fraction >= 0")
       if value < 0:
         raise ValueError(
             f"`{name}` must be a finite fraction >= 0, got "
             f"{getattr(self, name)!r}")
     for name in ("stuck_at_min", "stuck_at_max"):
-      value = _as_finite_float(name, getattr(self, name),
+      value = _checks.as_finite_float(name, getattr(self, name),
                                "a probability in [0, 1]")
       if not 0 <= value <= 1:
         raise ValueError(

@@ -29,20 +29,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rxjax import _checks
 from rxjax.device import DeviceSpec
 
 _SIGNED = ("differential", "offset")
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,16 +71,10 @@ class MappingSpec:
   def __post_init__(self):
     for name in ("tile_rows", "tile_cols"):
       value = getattr(self, name)
-      if not (_is_int(value) and value >= 1):
+      if not (_checks.is_int(value) and value >= 1):
         raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
-    if self.weight_bits is not None and not (
-        _is_int(self.weight_bits) and self.weight_bits >= 1):
-      raise ValueError(
-          "`weight_bits` must be None (full precision) or an int >= 1, got "
-          f"{self.weight_bits!r}")
-    if self.signed not in _SIGNED:
-      raise ValueError(
-          f"`signed` must be one of {_SIGNED}, got {self.signed!r}")
+    _checks.check_bits("weight_bits", self.weight_bits, "full precision")
+    _checks.check_choice("signed", self.signed, _SIGNED)
     if self.signed == "offset" and self.tile_cols < 2:
       raise ValueError(
           "`tile_cols` must be >= 2 with signed='offset' (one column is the "
@@ -183,7 +173,7 @@ def tile_grid(fan_in: int, fan_out: int, mapping: MappingSpec
     `N - 1` (offset).
   """
   for name, value in (("fan_in", fan_in), ("fan_out", fan_out)):
-    if not (_is_int(value) and value >= 1):
+    if not (_checks.is_int(value) and value >= 1):
       raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
   cols = _cols_per_tile(mapping)
   return -(-int(fan_in) // mapping.tile_rows), -(-int(fan_out) // cols)

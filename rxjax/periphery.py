@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rxjax import _checks
 from rxjax import circuit
 
 DAC_MODELS = ("ideal", "divider", "divider_exact")
@@ -51,34 +51,8 @@ CALIBRATIONS = ("max", "percentile")
 # Validation helpers.
 
 
-def _check_bits(name, value):
-  if value is None:
-    return
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or value < 1):
-    raise ValueError(
-        f"`{name}` must be None or an integer >= 1, got {value!r}")
-
-
-def _as_float(name, value, what):
-  if isinstance(value, bool):
-    raise ValueError(f"`{name}` must be {what}, got {value!r}")
-  try:
-    x = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"`{name}` must be {what}, got {value!r}") from None
-  if not math.isfinite(x):
-    raise ValueError(f"`{name}` must be {what}, got {value!r}")
-  return x
-
-
-def _check_choice(name, value, choices):
-  if value not in choices:
-    raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
-
-
 def _check_percentile(value):
-  p = _as_float("percentile", value, "a percentile in (0, 100]")
+  p = _checks.as_finite_float("percentile", value, "a percentile in (0, 100]")
   if not 0 < p <= 100:
     raise ValueError(f"`percentile` must be in (0, 100], got {value!r}")
 
@@ -132,29 +106,29 @@ class DACSpec:
   percentile: float = 99.99
 
   def __post_init__(self):
-    _check_bits("input_bits", self.input_bits)
-    _check_bits("dac_bits", self.dac_bits)
-    v_read = _as_float("v_read", self.v_read, "a finite voltage > 0 V")
+    _checks.check_bits("input_bits", self.input_bits, "full precision")
+    _checks.check_bits("dac_bits", self.dac_bits, "one cycle")
+    v_read = _checks.as_finite_float("v_read", self.v_read, "a finite voltage > 0 V")
     if v_read <= 0:
       raise ValueError(f"`v_read` must be a finite voltage > 0 V, got "
                        f"{self.v_read!r}")
-    r_pd = _as_float("r_pd", self.r_pd, "a finite resistance > 0 ohm")
+    r_pd = _checks.as_finite_float("r_pd", self.r_pd, "a finite resistance > 0 ohm")
     if r_pd <= 0:
       raise ValueError(f"`r_pd` must be a finite resistance > 0 ohm, got "
                        f"{self.r_pd!r}")
-    v_ref = _as_float("v_ref", self.v_ref,
+    v_ref = _checks.as_finite_float("v_ref", self.v_ref,
                       f"a finite voltage > v_read = {v_read} V")
     if v_ref <= v_read:
       raise ValueError(f"`v_ref` must be a finite voltage > v_read = {v_read}"
                        f" V, got {self.v_ref!r}")
     if self.nominal_load is not None:
-      load = _as_float("nominal_load", self.nominal_load,
+      load = _checks.as_finite_float("nominal_load", self.nominal_load,
                        "None or a finite conductance >= 0 S")
       if load < 0:
         raise ValueError(f"`nominal_load` must be None or a finite "
                          f"conductance >= 0 S, got {self.nominal_load!r}")
-    _check_choice("model", self.model, DAC_MODELS)
-    _check_choice("calibration", self.calibration, CALIBRATIONS)
+    _checks.check_choice("model", self.model, DAC_MODELS)
+    _checks.check_choice("calibration", self.calibration, CALIBRATIONS)
     _check_percentile(self.percentile)
 
   @classmethod
@@ -188,17 +162,17 @@ class ADCSpec:
   gain_sigma: float = 0.0
 
   def __post_init__(self):
-    _check_bits("bits", self.bits)
-    _check_choice("calibration", self.calibration, CALIBRATIONS)
+    _checks.check_bits("bits", self.bits, "no quantization")
+    _checks.check_choice("calibration", self.calibration, CALIBRATIONS)
     _check_percentile(self.percentile)
-    alpha = _as_float("nonlinearity", self.nonlinearity,
+    alpha = _checks.as_finite_float("nonlinearity", self.nonlinearity,
                       "a finite number with |nonlinearity| <= 1")
     if abs(alpha) > 1:
       raise ValueError(f"`nonlinearity` must satisfy |nonlinearity| <= 1 (a "
                        f"monotone curve), got {self.nonlinearity!r}")
     for name in ("offset_sigma", "gain_sigma"):
       value = getattr(self, name)
-      s = _as_float(name, value, "a finite standard deviation >= 0")
+      s = _checks.as_finite_float(name, value, "a finite standard deviation >= 0")
       if s < 0:
         raise ValueError(f"`{name}` must be a finite standard deviation >= 0,"
                          f" got {value!r}")
@@ -590,7 +564,7 @@ def calibrate(values, calibration: str = "max", percentile: float = 99.99,
   Returns:
     The range in the dtype of values (a scalar for `axis=None`).
   """
-  _check_choice("calibration", calibration, CALIBRATIONS)
+  _checks.check_choice("calibration", calibration, CALIBRATIONS)
   _check_percentile(percentile)
   values = _float_array(values)
   if calibration == "max":

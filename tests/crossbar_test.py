@@ -327,6 +327,9 @@ def test_bad_inputs_raise_clear_errors():
     Spec(backward="sideways")
   with pytest.raises(ValueError, match="inputs"):
     Spec(inputs="complex")
+  with pytest.raises(ValueError, match="divider_exact"):
+    Spec(backward="transposed_read",
+         dac=periphery.DACSpec(model="divider_exact"))
   with pytest.raises(TypeError, match="wires"):
     Spec(wires=(1.0, 4.6))
   with pytest.raises(ValueError, match="r_row"):
