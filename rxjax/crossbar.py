@@ -117,6 +117,39 @@ class Spec:
   def replace(self, **changes) -> "Spec":
     return dataclasses.replace(self, **changes)
 
+  def cross_ideal(self) -> "Spec":
+    """This chip with its precision only: RxNN's "Cross-ideal".
+
+    Keeps the tiles, the weight / device / input / ADC resolutions and the
+    signed-weight scheme; turns off the wire and terminal resistances, device
+    variation, noise and faults, the DAC's load dependence and the ADC's
+    non-linearity, offsets and gain errors.
+    """
+    d = self.device
+    return self.replace(
+        device=dataclasses.replace(d, sigma=0.0, write_noise=0.0,
+                                   stuck_at_min=0.0, stuck_at_max=0.0,
+                                   read_noise=0.0),
+        wires=circuit.Wires.ideal(),
+        dac=dataclasses.replace(self.dac, model="ideal"),
+        adc=dataclasses.replace(self.adc, nonlinearity=0.0, offset_sigma=0.0,
+                                gain_sigma=0.0))
+
+  @property
+  def linear(self) -> bool:
+    """Whether a programmed layer reads as `clip(x) @ W_eff` exactly.
+
+    True when nothing between the clipped input and the digital output is
+    non-linear or random per read: full-precision inputs (`input_bits`
+    None), ideal DAC voltages, an ADC without quantization, offset or
+    non-linearity, no read noise. Then `fold` gives `W_eff` once per chip
+    and a read costs one matrix multiply (RxNN V: the FCM's non-ideal weight
+    matrix). Wire resistances, variation and ADC gain errors are linear.
+    """
+    return (self.dac.input_bits is None and self.dac.model == "ideal"
+            and self.adc.bits is None and self.adc.nonlinearity == 0
+            and self.adc.offset_sigma == 0 and self.device.read_noise == 0)
+
 
 @flax.struct.dataclass
 class Chip:
@@ -285,6 +318,75 @@ def program_layers(weights, spec: Spec, *, key, chunk: int = 256,
   return chips
 
 
+def reprogram(chip: Chip, w, spec: Spec, *, key) -> Chip:
+  """New weights on the same chip instance, `G_eff` from stored distortion.
+
+  TxSim IV-D's interpolated FCM: the relative distortion `(g - G_eff) / g`
+  of every cell, stored when `chip` was programmed exactly, is applied to
+  the conductances of the new weights, `G_eff' = g' (G_eff / g)`, without a
+  circuit solve. The calibration (input scale, ADC range and columns) is
+  kept. Exact when the weights did not change; a good approximation while
+  they change little (the distortion depends on the conductances only
+  through the IR drops). Cost: the mapping and the variation draw.
+
+  Args:
+    chip: a chip programmed exactly (`program`), whose distortion is reused.
+    w: `[fan_in, fan_out]` new weights (the shape `chip` was programmed for).
+    spec: the chip's spec.
+    key: the chip instance's key, as passed to `program` (the same device
+      variation draws).
+
+  Returns:
+    The chip holding `w`.
+  """
+  w = _check_w(w)
+  if w.shape != (chip.fan_in, chip.fan_out):
+    raise ValueError(f"`w` must have the programmed shape "
+                     f"{(chip.fan_in, chip.fan_out)}, got {w.shape}")
+  g, w_scale = _map_and_vary(w, spec, key)
+  return _redistort(chip, g, w_scale)
+
+
+@jax.jit
+def _redistort(chip: Chip, g, w_scale) -> Chip:
+  def scale(g_eff):
+    if g_eff is None:
+      return None
+    ratio = jnp.where(chip.g > 0, g_eff / jnp.where(chip.g > 0, chip.g, 1), 1)
+    return g * ratio
+  return chip.replace(g=g, g_eff=scale(chip.g_eff),
+                      g_eff_bwd=scale(chip.g_eff_bwd), w_scale=w_scale)
+
+
+def fold(chip: Chip, spec: Spec, direction: str = "forward") -> jax.Array:
+  """The layer's effective weight matrix when the read is linear.
+
+  For a `spec.linear` chip, `read(x) == clip(x, -x_scale, x_scale) @ W_eff`
+  (`[0, x_scale]` for non-negative inputs) to float rounding. `W_eff` is
+  read out of the chip itself, one basis vector per input, so it includes
+  every linear non-ideality (wires, variation, quantized weights, pair
+  subtraction, ADC gain errors).
+
+  Args:
+    chip: a programmed layer.
+    spec: its spec; must be `linear`.
+    direction: "forward" (`[fan_in, fan_out]`) or "backward" (`[fan_out,
+      fan_in]`, the transposed read).
+
+  Returns:
+    `W_eff` in weight units.
+  """
+  if not spec.linear:
+    raise ValueError(
+        "`fold` needs a linear read (spec.linear): full-precision inputs "
+        "(dac.input_bits=None), dac.model='ideal', adc.bits=None, no ADC "
+        "offset or non-linearity, no read noise")
+  n = chip.fan_in if direction == "forward" else chip.fan_out
+  eye = jnp.eye(n, dtype=chip.g.dtype)
+  return read(eye, chip.replace(x_scale=jnp.ones_like(chip.x_scale)), spec,
+              direction=direction)
+
+
 # ---------------------------------------------------------------------------
 # The read.
 
@@ -382,7 +484,33 @@ def _adc_columns(chip: Chip, spec: Spec):
           jnp.moveaxis(chip.adc_gain, 2, 0))
 
 
+def _trim(chip: Chip, spec: Spec) -> Chip:
+  """Drops tile rows and columns a forward read never uses, exactly.
+
+  A layer narrower than one tile leaves rows driven at 0 V (they add no
+  current) and columns whose currents are discarded. With one tile row the
+  unused rows are dropped unless the exact DAC couples the rows
+  ("divider_exact"); with one tile column of differential pairs the unused
+  columns are dropped when the DAC voltage does not depend on the row load
+  ("ideal"). Conv layers with few channels (LeNet's 25 x 6) read 10-100x
+  fewer currents.
+  """
+  s, p, tr, tc, m, n = chip.g.shape
+  rows = chip.fan_in if (tr == 1 and spec.dac.model != "divider_exact") else m
+  cols = n
+  if tc == 1 and spec.mapping.signed == "differential" and (
+      spec.dac.model == "ideal"):
+    cols = chip.fan_out
+  if (rows, cols) == (m, n):
+    return chip
+  return chip.replace(
+      g=chip.g[..., :rows, :cols], g_eff=chip.g_eff[..., :rows, :cols],
+      g_eff_bwd=None, adc_offset=chip.adc_offset[..., :cols],
+      adc_gain=chip.adc_gain[..., :cols])
+
+
 def _read_forward(x, chip: Chip, spec: Spec, key):
+  chip = _trim(chip, spec)
   g_eff = chip.g_eff
   if spec.device.read_noise > 0:
     g_eff = device_lib.read(g_eff, spec.device, key=key)
@@ -546,7 +674,8 @@ def calibrate(chip: Chip, x, spec: Spec) -> Chip:
                      f"{chip.fan_in}], got {x.shape}")
   x = x.reshape((-1, chip.fan_in))
   x_scale = periphery.input_scale(x, spec.dac).astype(chip.g.dtype)
-  chip = chip.replace(x_scale=x_scale)
+  calibrated = chip.replace(x_scale=x_scale)
+  chip = _trim(calibrated, spec)
   u = _input_codes(x, chip, spec)
   if spec.adc.calibration == "max":
     reduce = lambda acc, i, r, c: jnp.maximum(acc, i.max())
@@ -560,7 +689,7 @@ def calibrate(chip: Chip, x, spec: Spec) -> Chip:
     init = jnp.zeros((tr, c, q, b, s, p, tc, n), x.dtype)
     full = periphery.full_scale(_scan_tile_rows(u, chip, spec, reduce, init),
                                 spec.adc)
-  return chip.replace(adc_full_scale=full.astype(chip.g.dtype))
+  return calibrated.replace(adc_full_scale=full.astype(chip.g.dtype))
 
 
 # ---------------------------------------------------------------------------

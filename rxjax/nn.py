@@ -1,0 +1,494 @@
+"""Flax Linen layers on simulated crossbars (RxNN VI).
+
+This module owns how Linen layers run on a chip:
+
+* `CrossbarDense`, `CrossbarConv`: drop-in `nn.Dense` / `nn.Conv` (same
+  parameters, same names) with a `spec` field: None runs them digitally.
+* `on_crossbars(spec)`: runs any existing Linen model built from `nn.Dense`
+  and `nn.Conv` on crossbars without rewriting it (a Flax method
+  interceptor). Everything else (activations, pooling, normalization)
+  stays digital.
+* `mode_spec`: the three modes from the same parameters: "digital"
+  (floating point), "ideal" (converter and device precision only: RxNN's
+  Cross-ideal, `Spec.cross_ideal`), "nonideal" (everything on).
+* `program`, `refresh`, `apply`: program every layer's chip once (exact
+  `G_eff`, calibration on a calibration batch), reprogram new weights with
+  the stored distortion, and read. The programmed chips live in the Flax
+  variable collection "chips" and are reused across batches; `jax.vmap`
+  over keys programs many chip instances at once.
+
+A convolution is its patches times the crossbar: the kernel `[*k, c_in / G,
+F]` becomes G matrices `[c_in / G * prod(k), F / G]` (rows in the order of
+`lax.conv_general_dilated_patches`: channel, then kernel position), each
+programmed on its own tiles. When the read is linear (`Spec.linear`: full
+precision converters, no read noise) a layer's chip folds into one
+effective weight matrix and the layer runs as a native matmul or
+convolution of the clipped input with it, bit-for-bit the chip's read up to
+float rounding; otherwise the patches go through `crossbar.crossbar_matmul`.
+
+Gradients: w.r.t. the weights, the ideal ones (`x.T @ dy`); w.r.t. the
+inputs, `spec.backward` ("straight_through": floating point, RxNN
+re-training; "transposed_read": through the chip, TxSim).
+
+It does not own the read (`crossbar.py`) or what to do with the layers
+(`experiment.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rxjax import crossbar
+
+Spec = crossbar.Spec
+MODES = ("digital", "ideal", "nonideal")
+COLLECTION = "chips"  # Flax variable collection of the programmed chips.
+RNG = "chip"  # Flax RNG stream whose presence (re)programs chips exactly.
+
+
+def mode_spec(mode: str, spec: Spec | None = None) -> Spec | None:
+  """The spec a mode runs with: None (digital), cross-ideal or the chip.
+
+  Args:
+    mode: "digital", "ideal" (RxNN's Cross-ideal: precision only) or
+      "nonideal".
+    spec: the chip; None is the papers' default `Spec()`.
+  """
+  if mode not in MODES:
+    raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
+  if mode == "digital":
+    return None
+  spec = Spec() if spec is None else spec
+  return spec.cross_ideal() if mode == "ideal" else spec
+
+
+# ---------------------------------------------------------------------------
+# Layer shapes: kernels as crossbar matrices, padding.
+
+
+def _tuple(value, n: int, name: str) -> tuple[int, ...]:
+  if value is None:
+    return (1,) * n
+  if isinstance(value, int):
+    return (value,) * n
+  value = tuple(value)
+  if len(value) != n:
+    raise ValueError(f"`{name}` must have {n} entries, got {value}")
+  return value
+
+
+def _padding(padding, n: int):
+  if isinstance(padding, str):
+    if padding.upper() in ("SAME", "VALID"):
+      return padding.upper()
+    raise NotImplementedError(
+        f"conv padding {padding!r} is not supported on crossbars; use "
+        "'SAME', 'VALID' or explicit sizes")
+  if isinstance(padding, int):
+    return ((padding, padding),) * n
+  padding = tuple(padding)
+  if len(padding) != n:
+    raise ValueError(f"`padding` must have {n} entries, got {padding}")
+  return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+
+
+def kernel_to_matrix(kernel, groups: int = 1) -> jax.Array:
+  """`[*k, c_in / G, F]` conv kernel -> `[G, c_in / G * prod(k), F / G]`."""
+  *k, c_g, f = kernel.shape
+  nd = len(k)
+  w = kernel.reshape(*k, c_g, groups, f // groups)
+  w = jnp.transpose(w, (nd + 1, nd) + tuple(range(nd)) + (nd + 2,))
+  return w.reshape(groups, c_g * math.prod(k), f // groups)
+
+
+def matrix_to_kernel(w, kernel_size) -> jax.Array:
+  """Inverse of `kernel_to_matrix`: `[G, c_g * prod(k), F / G]` -> kernel."""
+  groups, rows, f_g = w.shape
+  nd = len(kernel_size)
+  c_g = rows // math.prod(kernel_size)
+  w = w.reshape(groups, c_g, *kernel_size, f_g)
+  w = jnp.transpose(w, tuple(range(2, 2 + nd)) + (1, 0, nd + 2))
+  return w.reshape(*kernel_size, c_g, groups * f_g)
+
+
+class _Conv:
+  """The static geometry of one convolution (channels last)."""
+
+  def __init__(self, kernel_size, strides, padding, input_dilation,
+               kernel_dilation, groups):
+    self.k = tuple(kernel_size)
+    nd = len(self.k)
+    self.nd = nd
+    self.strides = _tuple(strides, nd, "strides")
+    self.padding = _padding(padding, nd)
+    self.lhs_dilation = _tuple(input_dilation, nd, "input_dilation")
+    self.rhs_dilation = _tuple(kernel_dilation, nd, "kernel_dilation")
+    self.groups = groups
+
+  def dims(self):
+    spatial = "DHW"[3 - self.nd:] if self.nd <= 3 else None
+    if spatial is None:
+      raise NotImplementedError("convolutions of more than 3 spatial dims")
+    return ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+
+  def __call__(self, x, kernel):
+    """The digital convolution `[B, *s, C] x [*k, C / G, F]`."""
+    return jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), self.strides, self.padding,
+        lhs_dilation=self.lhs_dilation, rhs_dilation=self.rhs_dilation,
+        dimension_numbers=self.dims(), feature_group_count=self.groups)
+
+  def patches(self, x):
+    """`[B, *s, C]` -> `[G, B * prod(s'), C / G * prod(k)]` and `s'`."""
+    p = jax.lax.conv_general_dilated_patches(
+        jnp.moveaxis(x, -1, 1), self.k, self.strides, self.padding,
+        lhs_dilation=self.lhs_dilation, rhs_dilation=self.rhs_dilation)
+    p = jnp.moveaxis(p, 1, -1)
+    out_spatial = p.shape[1:-1]
+    p = p.reshape(-1, self.groups, p.shape[-1] // self.groups)
+    return jnp.moveaxis(p, 1, 0), out_spatial
+
+
+# ---------------------------------------------------------------------------
+# Chips of one layer: program, refresh or read from the "chips" collection.
+
+
+def _per_group(fn, *args):
+  """`fn` over the leading group axis; no vmap for one group."""
+  if jax.tree.leaves(args)[0].shape[0] == 1:
+    out = fn(*jax.tree.map(lambda a: a[0], args))
+    return jax.tree.map(lambda a: a[None], out)
+  return jax.vmap(fn)(*args)
+
+
+def _group_keys(key, groups):
+  return jnp.stack([jax.random.fold_in(key, g) for g in range(groups)])
+
+
+def _layer_chips(module: nn.Module, w, x_fn, spec: Spec):
+  """The layer's chips `[G, ...]`, programmed, refreshed or stored.
+
+  With the "chips" collection mutable and a "chip" RNG: programs `w` (`[G,
+  K, F]`) exactly on a new chip instance and calibrates it on `x_fn()` (`[G,
+  R, K]`, this layer's inputs). Mutable without the RNG: `reprogram`s the
+  current weights with the stored distortion (cheap; calibration kept).
+  Otherwise: the stored chips.
+  """
+  mutable = module.is_mutable_collection(COLLECTION)
+  stored = module.has_variable(COLLECTION, "chip")
+  w = jax.lax.stop_gradient(w)
+  if mutable and module.has_rng(RNG):
+    keys = _group_keys(module.make_rng(RNG), w.shape[0])
+
+    def one(w_g, x_g, key):
+      chip = crossbar.program(w_g, spec, key=key)
+      return crossbar.calibrate(chip, x_g, spec)
+
+    chips = _per_group(one, w, jax.lax.stop_gradient(x_fn()), keys)
+  elif mutable and stored:
+    keys = module.get_variable(COLLECTION, "key")
+    old = module.get_variable(COLLECTION, "chip")
+    chips = _per_group(
+        lambda c, w_g, k: crossbar.reprogram(c, w_g, spec, key=k), old, w,
+        keys)
+  elif stored:
+    return (module.get_variable(COLLECTION, "chip"),
+            module.get_variable(COLLECTION, "w_eff"),
+            module.get_variable(COLLECTION, "w_eff_bwd"))
+  else:
+    raise ValueError(
+        f"layer {'/'.join(module.path) or module.name} has no programmed "
+        "chip: program the model first (rxjax.nn.program)")
+  w_eff = w_bwd = None
+  if spec.linear:
+    w_eff = _per_group(lambda c: crossbar.fold(c, spec), chips)
+    if spec.backward == "transposed_read":
+      w_bwd = _per_group(lambda c: crossbar.fold(c, spec, "backward"), chips)
+  module.put_variable(COLLECTION, "chip", chips)
+  module.put_variable(COLLECTION, "key", keys)
+  module.put_variable(COLLECTION, "w_eff", w_eff)
+  module.put_variable(COLLECTION, "w_eff_bwd", w_bwd)
+  return chips, w_eff, w_bwd
+
+
+def _read_key(module: nn.Module, spec: Spec):
+  return module.make_rng("read") if spec.device.read_noise > 0 else None
+
+
+def _folded(op, x, w, w_eff, w_bwd, lo, hi):
+  """`op(clip(x, lo, hi), w_eff)` with the crossbar's gradients.
+
+  `op(x, w)` is bilinear (a matmul or a convolution). Gradients: w.r.t. w
+  the ideal ones at `(x, w)`; w.r.t. x straight-through with `w`, or with
+  the folded transposed read `w_bwd` when given.
+  """
+
+  @jax.custom_vjp
+  def f(x, w):
+    return op(jnp.clip(x, lo, hi), w_eff)
+
+  def fwd(x, w):
+    return f(x, w), (x, w)
+
+  def bwd(res, dy):
+    x, w = res
+    _, vjp = jax.vjp(op, x, w)
+    dx, dw = vjp(dy)
+    if w_bwd is not None:
+      dx = jax.vjp(lambda x: op(x, w_bwd), x)[1](dy)[0]
+    return dx, dw
+
+  f.defvjp(fwd, bwd)
+  return f(x, w)
+
+
+def _clip_range(chips, spec: Spec, channels: int):
+  """Per-channel input range `[channels]` (each group its own scale)."""
+  hi = jnp.repeat(chips.x_scale, channels // chips.x_scale.shape[0])
+  lo = jnp.zeros_like(hi) if spec.inputs == "non_negative" else -hi
+  return lo, hi
+
+
+# ---------------------------------------------------------------------------
+# The two layer computations, shared by the modules and the interceptor.
+
+
+def dense_on_chip(module: nn.Module, x, kernel, spec: Spec | None):
+  """`x @ kernel` (no bias) of a Dense layer, on its chip when spec is set."""
+  x = jnp.asarray(x)
+  if spec is None:
+    return x @ kernel.astype(x.dtype)
+  batch = x.shape[:-1]
+  x2 = x.reshape(-1, x.shape[-1])
+  chips, w_eff, w_bwd = _layer_chips(module, kernel[None], lambda: x2[None],
+                                     spec)
+  if spec.linear:
+    lo, hi = _clip_range(chips, spec, 1)
+    bwd = None if w_bwd is None else w_bwd[0].T
+    y = _folded(jnp.matmul, x2, kernel.astype(x.dtype),
+                w_eff[0].astype(x.dtype), bwd, lo, hi)
+  else:
+    chip = jax.tree.map(lambda a: a[0], chips)
+    y = crossbar.crossbar_matmul(x2, kernel, chip, _read_key(module, spec),
+                                 spec).astype(x.dtype)
+  return y.reshape(batch + (y.shape[-1],))
+
+
+def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
+                 spec: Spec | None):
+  """The convolution (no bias) of a Conv layer, on its chips when set."""
+  x = jnp.asarray(x)
+  unbatched = x.ndim == conv.nd + 1
+  if unbatched:
+    x = x[None]
+  if spec is None:
+    y = conv(x, kernel)
+  else:
+    w = kernel_to_matrix(kernel, conv.groups)
+    cached = {}
+
+    def patches():
+      if "p" not in cached:
+        cached["p"] = conv.patches(x)
+      return cached["p"][0]
+
+    chips, w_eff, w_bwd = _layer_chips(module, w, patches, spec)
+    if spec.linear:
+      lo, hi = _clip_range(chips, spec, x.shape[-1])
+      k_eff = matrix_to_kernel(w_eff, conv.k).astype(x.dtype)
+      k_bwd = None
+      if w_bwd is not None:
+        k_bwd = matrix_to_kernel(jnp.swapaxes(w_bwd, 1, 2),
+                                 conv.k).astype(x.dtype)
+      y = _folded(conv, x, kernel.astype(x.dtype), k_eff, k_bwd, lo, hi)
+    else:
+      p, out_spatial = conv.patches(x)
+      key = _read_key(module, spec)
+      keys = None if key is None else _group_keys(key, conv.groups)
+      read = lambda p_g, w_g, c, k: crossbar.crossbar_matmul(
+          p_g, w_g, c, k, spec)
+      if keys is None:
+        y = _per_group(lambda p_g, w_g, c: read(p_g, w_g, c, None), p, w,
+                       chips)
+      else:
+        y = _per_group(read, p, w, chips, keys)
+      y = jnp.moveaxis(y, 0, 1).reshape(
+          (x.shape[0],) + out_spatial + (kernel.shape[-1],)).astype(x.dtype)
+  return y[0] if unbatched else y
+
+
+# ---------------------------------------------------------------------------
+# Modules.
+
+
+class CrossbarDense(nn.Dense):
+  """`nn.Dense` on a crossbar chip (`spec`; None: digital).
+
+  Same parameters as `nn.Dense` ("kernel" `[fan_in, features]`, "bias"), so
+  checkpoints move between the two.
+  """
+
+  spec: Spec | None = None
+
+  @nn.compact
+  def __call__(self, inputs):
+    kernel = self.param("kernel", self.kernel_init,
+                        (jnp.shape(inputs)[-1], self.features),
+                        self.param_dtype)
+    y = dense_on_chip(self, inputs, kernel, self.spec)
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (self.features,),
+                        self.param_dtype)
+      y = y + bias.astype(y.dtype)
+    return y
+
+
+class CrossbarConv(nn.Conv):
+  """`nn.Conv` on crossbar chips (`spec`; None: digital), channels last.
+
+  Any kernel size, strides, 'SAME' / 'VALID' / explicit padding, input and
+  kernel dilation and feature groups (each group its own matrix and tiles).
+  Same parameters as `nn.Conv`.
+  """
+
+  spec: Spec | None = None
+
+  @nn.compact
+  def __call__(self, inputs):
+    conv = _geometry(self)
+    c_in = jnp.shape(inputs)[-1]
+    if c_in % self.feature_group_count or (
+        self.features % self.feature_group_count):
+      raise ValueError(
+          f"`feature_group_count` = {self.feature_group_count} must divide "
+          f"the input channels ({c_in}) and `features` ({self.features})")
+    kernel = self.param(
+        "kernel", self.kernel_init,
+        conv.k + (c_in // self.feature_group_count, self.features),
+        self.param_dtype)
+    y = conv_on_chip(self, inputs, kernel, conv, self.spec)
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (self.features,),
+                        self.param_dtype)
+      y = y + bias.astype(y.dtype)
+    return y
+
+
+def _geometry(module: nn.Conv) -> _Conv:
+  k = module.kernel_size
+  k = (k,) if isinstance(k, int) else tuple(k)
+  return _Conv(k, module.strides, module.padding, module.input_dilation,
+               module.kernel_dilation, module.feature_group_count)
+
+
+# ---------------------------------------------------------------------------
+# Any Linen model on crossbars.
+
+
+def _interceptor(spec: Spec | None):
+  def intercept(next_fun, args, kwargs, context):
+    module = context.module
+    if (context.method_name != "__call__"
+        or isinstance(module, (CrossbarDense, CrossbarConv))
+        or not isinstance(module, (nn.Dense, nn.Conv))
+        or not module.has_variable("params", "kernel")):
+      return next_fun(*args, **kwargs)  # Init, or not a crossbar layer.
+    (x,) = args
+    kernel = module.get_variable("params", "kernel")
+    if isinstance(module, nn.Dense):
+      y = dense_on_chip(module, x, kernel, spec)
+    else:
+      if module.mask is not None:
+        raise NotImplementedError("masked convolutions on crossbars")
+      y = conv_on_chip(module, x, kernel, _geometry(module), spec)
+    if module.use_bias:
+      y = y + module.get_variable("params", "bias").astype(y.dtype)
+    return y
+
+  return intercept
+
+
+@contextlib.contextmanager
+def on_crossbars(spec: Spec | None):
+  """Runs every `nn.Dense` and `nn.Conv` called inside on crossbars.
+
+  `CrossbarDense` / `CrossbarConv` keep their own `spec`. With spec None the
+  layers run digitally (the context is then a no-op).
+
+  Example:
+    >>> with rxjax.nn.on_crossbars(spec):
+    ...   logits = model.apply(variables, x)
+  """
+  if spec is None:
+    yield
+    return
+  with nn.intercept_methods(_interceptor(spec)):
+    yield
+
+
+def program(model: nn.Module, variables, x, spec: Spec | None, *, key,
+            **apply_kwargs) -> dict[str, Any]:
+  """Programs every crossbar layer of `model` on one chip instance.
+
+  Each layer's weights are mapped, varied (one key = one chip) and solved
+  for their exact `G_eff`; its input scale and ADC range are calibrated on
+  the activations that reach it when `x` flows through the network already
+  on crossbars. jit- and vmap-compatible (vmap over `key` for many chips).
+
+  Args:
+    model: a Linen model (plain `nn.Dense` / `nn.Conv` layers are run via
+      `on_crossbars`).
+    variables: its variables ("params", "batch_stats", ...), without chips.
+    x: calibration batch, the model's input.
+    spec: the chip (None: digital; returns an empty collection).
+    key: PRNG key of the chip instance.
+    **apply_kwargs: passed to `model.apply` (e.g. `train=False`).
+
+  Returns:
+    The "chips" collection, to pass to `apply`.
+  """
+  if spec is None:
+    return {}
+  variables = {k: v for k, v in variables.items() if k != COLLECTION}
+  with on_crossbars(spec):
+    _, state = model.apply(variables, x, rngs={RNG: key},
+                           mutable=[COLLECTION], **apply_kwargs)
+  return state[COLLECTION]
+
+
+def apply(model: nn.Module, variables, chips, x, spec: Spec | None, *,
+          key=None, refresh: bool = False, mutable=False, **apply_kwargs):
+  """`model.apply` with its crossbar layers read from programmed chips.
+
+  Args:
+    model, variables: as for `model.apply`.
+    chips: the collection returned by `program` (ignored when spec is None).
+    x: the model's input.
+    spec: the spec the chips were programmed with; None runs digitally.
+    key: PRNG key for read noise (`spec.device.read_noise > 0`).
+    refresh: reprogram the current `variables["params"]` onto the chips with
+      their stored distortion first (`crossbar.reprogram`; re-training
+      between exact programmings). Returns `(output, chips)` then.
+    mutable: other collections to update (e.g. ["batch_stats"]).
+    **apply_kwargs: passed to `model.apply`.
+
+  Returns:
+    The model's output; with `refresh` or `mutable`, `(output, state)` with
+    the updated collections (the new chips under "chips").
+  """
+  variables = {k: v for k, v in variables.items() if k != COLLECTION}
+  if spec is not None:
+    variables[COLLECTION] = chips
+  rngs = {} if key is None else {"read": key}
+  mutable = list(mutable) if mutable else []
+  if refresh and spec is not None:
+    mutable.append(COLLECTION)
+  with on_crossbars(spec):
+    return model.apply(variables, x, rngs=rngs, mutable=mutable or False,
+                       **apply_kwargs)

@@ -1,0 +1,223 @@
+"""Flax layers on crossbars against the digital layers and the raw read.
+
+References: `nn.Dense` / `nn.Conv` (digital, and the ideal chip limit), the
+explicit per-layer `crossbar.read` of the layer's patches through the same
+chip (folded fast path), plain autodiff of the digital model (gradients), a
+Python loop over chips (vmap).
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rxjax import crossbar, periphery
+from rxjax import nn as rnn
+from rxjax.crossbar import Spec
+
+# Small tiles so that layers span several tile rows and columns.
+_MAP = dataclasses.replace(Spec().mapping, tile_rows=16, tile_cols=8)
+# Linear read (folds into W_eff) with every circuit non-ideality on.
+LINEAR = Spec(mapping=_MAP, dac=periphery.DACSpec.ideal(),
+              adc=periphery.ADCSpec.ideal())
+# Exercises the general (scan) read, but ideal: reproduces x @ w.
+_MAP_FULL = dataclasses.replace(_MAP, weight_bits=None)
+IDEAL = Spec.ideal(mapping=_MAP_FULL)
+IDEAL_GENERAL = Spec.ideal(dac=periphery.DACSpec(input_bits=40,
+                                                 dac_bits=None),
+                           mapping=_MAP_FULL)
+DEFAULT_SMALL = Spec(mapping=_MAP)
+
+CONVS = [
+    dict(kernel_size=(3, 3), padding="SAME"),
+    dict(kernel_size=(3, 2), strides=(2, 1), padding="VALID"),
+    dict(kernel_size=(3, 3), padding=((1, 2), (0, 1)), kernel_dilation=2),
+    dict(kernel_size=(3, 3), padding=1, feature_group_count=2),
+    dict(kernel_size=(1, 1), input_dilation=2, padding=((1, 0), (0, 1))),
+    dict(kernel_size=(5,), padding="SAME"),  # 1-D.
+]
+
+
+class Net(nn.Module):
+  """A conv (parameterized) -> relu -> dense network of plain Linen layers."""
+  conv: dict
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(8, **self.conv)(x)
+    x = nn.relu(x)
+    return nn.Dense(5)(x.reshape(x.shape[0], -1))
+
+
+def _setup(conv, seed=0):
+  nd = len(conv["kernel_size"])
+  shape = (3,) + (7,) * nd + (4,)
+  x = jax.random.normal(jax.random.key(seed), shape, jnp.float64)
+  model = Net(conv)
+  variables = model.init(jax.random.key(seed + 1), x)
+  variables = jax.tree.map(lambda a: a.astype(jnp.float64), variables)
+  return model, variables, x
+
+
+def _rel(a, b):
+  return float(jnp.abs(a - b).max() / jnp.abs(b).max())
+
+
+@pytest.mark.parametrize("conv, spec", [(c, IDEAL) for c in CONVS] + [
+    (c, IDEAL_GENERAL) for c in (CONVS[2], CONVS[3])])
+def test_ideal_chip_reproduces_the_digital_model(conv, spec):
+  model, variables, x = _setup(conv)
+  chips = rnn.program(model, variables, x, spec, key=jax.random.key(3))
+  y = rnn.apply(model, variables, chips, x, spec)
+  assert _rel(y, model.apply(variables, x)) < 1e-9
+
+
+@pytest.mark.parametrize("conv", CONVS[:4])
+def test_folded_layer_equals_the_explicit_read_of_its_patches(conv):
+  """The fast path (`W_eff` in a native conv) is the chip's own read."""
+  model, variables, x = _setup(conv)
+  chips = rnn.program(model, variables, x, LINEAR, key=jax.random.key(4))
+  y_model = rnn.apply(model, variables, chips, x, LINEAR)
+  # Conv layer by hand: patches through `crossbar.read` of each group.
+  params = variables["params"]
+  layer = nn.Conv(8, **conv)
+  geometry = rnn._geometry(layer)
+  kernel = params["Conv_0"]["kernel"]
+  patches, out_spatial = geometry.patches(x)
+  c = chips["Conv_0"]["chip"]
+  outs = [crossbar.read(patches[g], jax.tree.map(lambda a: a[g], c), LINEAR)
+          for g in range(geometry.groups)]
+  h = jnp.concatenate(outs, axis=-1).reshape(x.shape[:1] + out_spatial
+                                             + (8,))
+  h = nn.relu(h + params["Conv_0"]["bias"])
+  d = jax.tree.map(lambda a: a[0], chips["Dense_0"]["chip"])
+  y_ref = crossbar.read(h.reshape(3, -1), d, LINEAR) + params["Dense_0"][
+      "bias"]
+  assert _rel(y_model, y_ref) < 1e-9
+  # And the chip really is non-ideal.
+  assert _rel(y_model, model.apply(variables, x)) > 1e-3
+
+
+def test_crossbar_modules_match_linen_and_share_its_parameters():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4), jnp.float64)
+  for ours, theirs in [
+      (rnn.CrossbarConv(6, (3, 3), strides=2, feature_group_count=2),
+       nn.Conv(6, (3, 3), strides=2, feature_group_count=2)),
+      (rnn.CrossbarDense(3), nn.Dense(3))]:
+    v = jax.tree.map(lambda a: a.astype(jnp.float64),
+                     theirs.init(jax.random.key(1), x))
+    assert (jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x))
+            == jax.tree.map(jnp.shape, v))
+    assert _rel(ours.apply(v, x), theirs.apply(v, x)) < 1e-12
+    spec = IDEAL
+    on_chip = ours.clone(spec=spec)
+    _, state = on_chip.apply(v, x, rngs={"chip": jax.random.key(2)},
+                             mutable=["chips"])
+    y = on_chip.apply({**v, **state}, x)
+    assert _rel(y, theirs.apply(v, x)) < 1e-9
+
+
+def test_kernel_matrix_round_trip_and_patch_order():
+  kernel = jax.random.normal(jax.random.key(0), (3, 2, 3, 6))
+  w = rnn.kernel_to_matrix(kernel, groups=2)
+  assert w.shape == (2, 3 * 3 * 2, 3)
+  np.testing.assert_array_equal(rnn.matrix_to_kernel(w, (3, 2)), kernel)
+  geometry = rnn._Conv((3, 2), 1, "SAME", 1, 1, 2)
+  x = jax.random.normal(jax.random.key(1), (2, 5, 5, 6))
+  p, out_spatial = geometry.patches(x)
+  y = jnp.concatenate([p[g] @ w[g] for g in range(2)], -1)
+  np.testing.assert_allclose(y.reshape(2, 5, 5, 6), geometry(x, kernel),
+                             atol=1e-5)
+
+
+def test_one_key_is_one_chip_and_vmap_over_keys_equals_a_loop():
+  model, variables, x = _setup(CONVS[0])
+  spec = DEFAULT_SMALL
+  keys = jax.random.split(jax.random.key(7), 3)
+  program = jax.jit(lambda k: rnn.program(model, variables, x, spec, key=k))
+  run = jax.jit(lambda c: rnn.apply(model, variables, c, x, spec))
+  loop = [run(program(k)) for k in keys]
+  batched = jax.vmap(lambda k: run(program(k)))(keys)
+  for i in range(3):
+    assert _rel(batched[i], loop[i]) < 1e-9
+  assert _rel(loop[0], loop[1]) > 1e-3  # Different chips differ.
+  assert _rel(run(program(keys[0])), loop[0]) == 0.0  # Same key, same chip.
+
+
+def test_refresh_reuses_the_stored_distortion():
+  model, variables, x = _setup(CONVS[0])
+  spec = LINEAR
+  chips = rnn.program(model, variables, x, spec, key=jax.random.key(1))
+  y = rnn.apply(model, variables, chips, x, spec)
+  y_same, state = rnn.apply(model, variables, chips, x, spec, refresh=True)
+  assert _rel(y_same, y) < 1e-12  # Unchanged weights: exact.
+  # Changed weights: close to a fresh exact programming of the same chip.
+  moved = jax.tree.map(lambda a: a * 1.05, variables)
+  y_refresh, _ = rnn.apply(model, moved, chips, x, spec, refresh=True)
+  exact = rnn.program(model, moved, x, spec, key=jax.random.key(1))
+  y_exact = rnn.apply(model, moved, exact, x, spec)
+  assert _rel(y_refresh, y_exact) < 0.02
+
+
+@pytest.mark.parametrize("backward", ["straight_through", "transposed_read"])
+@pytest.mark.parametrize("spec", [IDEAL, IDEAL_GENERAL],
+                         ids=["folded", "scan"])
+def test_gradients_in_the_ideal_limit_equal_autodiff(spec, backward):
+  model, variables, x = _setup(CONVS[3])
+  spec = spec.replace(backward=backward)
+  chips = rnn.program(model, variables, x, spec, key=jax.random.key(1))
+  loss = lambda p, x: jnp.sum(
+      rnn.apply(model, {"params": p}, chips, x, spec) ** 2)
+  ref = lambda p, x: jnp.sum(model.apply({"params": p}, x) ** 2)
+  g, gx = jax.grad(loss, (0, 1))(variables["params"], x)
+  g_ref, gx_ref = jax.grad(ref, (0, 1))(variables["params"], x)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    assert _rel(a, b) < 1e-8
+  assert _rel(gx, gx_ref) < 1e-8
+
+
+def test_transposed_read_gradient_goes_through_the_chip():
+  model, variables, x = _setup(CONVS[0])
+  spec = LINEAR.replace(backward="transposed_read")
+  chips = rnn.program(model, variables, x, spec, key=jax.random.key(1))
+  dense = jax.tree.map(lambda a: a[0], chips["Dense_0"]["chip"])
+  h = jax.random.normal(jax.random.key(2), (3, dense.fan_in))
+  dy = jax.random.normal(jax.random.key(3), (3, 5))
+  layer = nn.Dense(5)
+  v = {"params": variables["params"]["Dense_0"],
+       "chips": jax.tree.map(lambda a: a, chips["Dense_0"])}
+  with rnn.on_crossbars(spec):
+    _, vjp = jax.vjp(lambda h: layer.apply(v, h), h)
+  np.testing.assert_allclose(
+      vjp(dy)[0], crossbar.read(dy, dense, spec, direction="backward"),
+      rtol=1e-9, atol=1e-12)
+
+
+def test_errors_are_clear():
+  model, variables, x = _setup(CONVS[0])
+  with pytest.raises(ValueError, match="no programmed chip"):
+    rnn.apply(model, variables, {}, x, LINEAR)
+  with pytest.raises(ValueError, match="`mode` must be one of"):
+    rnn.mode_spec("analog")
+  with pytest.raises(NotImplementedError, match="CIRCULAR"):
+    rnn._Conv((3, 3), 1, "CIRCULAR", 1, 1, 1)
+
+
+def test_modes_from_the_same_parameters():
+  assert rnn.mode_spec("digital") is None
+  ideal = rnn.mode_spec("ideal", DEFAULT_SMALL)
+  assert crossbar._wires_ideal(ideal.wires) and ideal.device.sigma == 0
+  assert ideal.mapping == DEFAULT_SMALL.mapping  # Precision kept.
+  assert ideal.adc.bits == DEFAULT_SMALL.adc.bits
+  assert rnn.mode_spec("nonideal", DEFAULT_SMALL) is DEFAULT_SMALL
+  model, variables, x = _setup(CONVS[0])
+  y = {}
+  for mode in rnn.MODES:
+    spec = rnn.mode_spec(mode, DEFAULT_SMALL)
+    chips = rnn.program(model, variables, x, spec, key=jax.random.key(0))
+    y[mode] = rnn.apply(model, variables, chips, x, spec)
+  # Precision alone costs less than precision plus the circuit.
+  assert _rel(y["ideal"], y["digital"]) < _rel(y["nonideal"], y["digital"])
