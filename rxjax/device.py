@@ -10,19 +10,22 @@ read (DESIGN.md sections 1 and 4):
   process variation (lognormal by default, sigma/mu = 10%, RxNN section VII),
   additive programming (write) noise and stuck-at-g_min / stuck-at-g_max
   cells;
-* `read`: cycle-to-cycle read noise, drawn anew for every VMM.
-
-Later it will also own the device's response to training updates (TxSim
-eq. 1, the non-linear asymmetric update); that is not written yet.
+* `read`: cycle-to-cycle read noise, drawn anew for every VMM;
+* `UpdateSpec` and `update`: the device's response to a requested
+  conductance change during training (TxSim section IV-C, eq. 1), i.e. the
+  non-linear, asymmetric, state-dependent step with factor `nu`, Gaussian
+  write noise with factor `gamma`, and clipping to `[g_min, g_max]`.
 
 It does not own the mapping of weights to ideal conductance levels
 (`mapping.py`, which reads `g_min`, `g_max` and `device_bits` from here), the
 wire and terminal resistances of a tile (`circuit.py`) or the converters
-(`periphery.py`).
+(`periphery.py`), nor how a layer's weight updates become conductance
+changes of differential pairs (`optim.py`).
 
 All functions are pure, keep the dtype of `g` and work on any shape of `g`.
-`vary` and `read` are jitted with the `DeviceSpec` static (a hashable frozen
-dataclass), so an eager call compiles once, and they nest in an outer `jit`.
+`vary`, `read` and `update` are jitted with their specs static (hashable
+frozen dataclasses), so an eager call compiles once, and they nest in an
+outer `jit`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +48,7 @@ _TAG_VARIATION = 0
 _TAG_WRITE_NOISE = 1
 _TAG_STUCK = 2
 _TAG_READ_NOISE = 3
+_TAG_UPDATE_NOISE = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,3 +301,147 @@ def read(g, spec: DeviceSpec, *, key) -> jax.Array:
     return jnp.maximum(out, 0).astype(dtype)
 
   return _in_parts(one_part, g, key)
+
+
+# ---------------------------------------------------------------------------
+# Training updates (TxSim section IV-C, eq. 1).
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateSpec:
+  """How a device responds to a requested conductance change (TxSim eq. 1).
+
+  The defaults are the paper's non-ideal training setting (TxSim V and VI-B:
+  `nu = 0.01`, `gamma = 5`); `UpdateSpec.ideal()` turns both off.
+
+  Attributes:
+    nu: update non-linearity factor (dimensionless), >= 0; 0 is the ideal
+      linear update. TxSim VI-C: up to 0.1 is harmless, 1 stops training.
+    gamma: write (update) noise factor (dimensionless), >= 0; 0 turns the
+      noise off. The noise standard deviation is `gamma * |dg|` in siemens,
+      i.e. `gamma` times the requested step (see `update` for how the
+      paper's `sqrt(g_max - g_min)` is read).
+
+  Raises:
+    ValueError: when a field is out of its range; the message names the
+      field, the value and the valid range.
+  """
+
+  nu: float = 0.01
+  gamma: float = 5.0
+
+  def __post_init__(self):
+    for name in ("nu", "gamma"):
+      value = getattr(self, name)
+      if not isinstance(value, numbers.Real):  # Not a string that parses.
+        raise ValueError(
+            f"`{name}` must be a finite number >= 0, got {value!r}")
+      value = _checks.as_finite_float(name, value, "a finite number >= 0")
+      if value < 0:
+        raise ValueError(
+            f"`{name}` must be a finite number >= 0, got "
+            f"{getattr(self, name)!r}")
+
+  @classmethod
+  def ideal(cls) -> UpdateSpec:
+    """The ideal update: `g + dg`, clipped to `[g_min, g_max]`."""
+    return cls(nu=0.0, gamma=0.0)
+
+
+# The depression branch of eq. 1 grows like `exp(nu * |dg| / (g_max - g_min))`;
+# its exponent is capped here so that it cannot overflow. The cap only acts on
+# requests of more than 30 / nu full ranges in one step, whose mean response
+# already overshoots the range by a factor > 1e12 (the result is g_min unless
+# noise of that size is added).
+_MAX_EXPONENT = 30.0
+
+
+@functools.partial(jax.jit, static_argnames=("device", "spec"))
+def update(g, dg, device: DeviceSpec, spec: UpdateSpec, *, key) -> jax.Array:
+  """The conductance a device reaches when asked to change by `dg`.
+
+  TxSim eq. 1, transcribed. With `R = g_max - g_min`, `e = 1 - exp(-nu)`
+  and `s = nu * dg / R`, the mean change is
+
+  * potentiation, `dg > 0`: `(R / e + g_min - g) * (1 - exp(-s))`;
+  * depression, `dg < 0`:   `(R / e - g_max + g) * (1 - exp(-s))`;
+
+  (0 for `dg == 0`). Both branches use the same signed exponent `-s`, as
+  the paper prints it: for `dg < 0`, `1 - exp(-s) = 1 - exp(nu |dg| / R)` is
+  negative, so the change has the sign of the request. The step depends on
+  the present conductance: a potentiation shrinks towards `g_max`, a
+  depression towards `g_min`, so at a given conductance the two differ
+  (asymmetry) except at mid-range. As `nu -> 0` both branches tend to `dg`,
+  the ideal update. The potentiation branch is an exact step along the
+  saturating curve `g(p) = g_min + R (1 - exp(-nu p)) / e`, `p` in [0, 1]
+  (TxSim's ref. [26]). The printed depression branch is not its exact
+  mirror image: the mirror would be `-(R / e - g_max + g) * (1 - exp(-nu
+  |dg| / R))`, which differs from the printed form by a relative
+  `O(nu |dg| / R)`; we keep the printed form.
+
+  Eq. 1 is evaluated in normalized units: with `u = (g - g_min) / R` (clipped
+  to [0, 1]) and `x = dg / R` it reads `R * (1/e - u) * (1 - exp(-nu x))`
+  and `R * (1/e - 1 + u) * (1 - exp(-nu x))`, which is the same number. It
+  is computed as `dg_s * (nu / e - nu * u)` with `dg_s = R (1 - exp(-s)) /
+  nu` (`-> dg` as `nu -> 0`) so that small `nu` loses no precision;
+  `nu == 0` is the ideal update exactly.
+
+  Write noise (TxSim IV-C): Gaussian, mean 0, standard deviation
+  `gamma * sqrt(g_max - g_min) * |dg|`, evaluated in normalized conductance
+  units, where `g_max - g_min = 1`: the standard deviation is `gamma * |x|`
+  in normalized units, i.e. `gamma * |dg|` in siemens. The paper's formula
+  is not dimensionally consistent (`sqrt(siemens) * siemens`); read in
+  siemens it would make the noise depend on the unit and, for its
+  100 kohm - 1 Mohm device (`sqrt(9e-6) = 3e-3`), 330 times smaller than
+  `gamma * |dg|`, so that the paper's `gamma = 1 ... 10` would be
+  invisible. The paper prints
+  `G_ideal`; its next sentence (the noise is proportional to the size of
+  the gradient) and the design (DESIGN.md 5) make it `|dG_ideal|`.
+
+  The result `g + mean change + noise` is clipped to `[g_min, g_max]`.
+
+  Args:
+    g: [...] present conductances (siemens), floating point.
+    dg: [...] requested (ideal) conductance changes (siemens); broadcast
+      against `g`.
+    device: the device (`g_min`, `g_max`); static under `jit`. Its
+      variation, programming noise, stuck cells and read noise are not
+      applied here.
+    spec: the update response (`nu`, `gamma`); static under `jit`.
+    key: PRNG key of this update (draw a new one for every step). Nothing is
+      drawn when `gamma == 0` (then `key` may be None). Arrays larger than
+      4 M elements are drawn in parts as in `vary`.
+
+  Returns:
+    [...] the new conductances (siemens) in `[g_min, g_max]`, shape of
+    `g` and `dg` broadcast, dtype of `g`.
+  """
+  g = _check_floating(g)
+  dtype = g.dtype
+  compute = _draw_dtype(dtype)
+  shape = jnp.broadcast_shapes(g.shape, jnp.shape(dg))
+  g = jnp.broadcast_to(g, shape).astype(compute)
+  dg = jnp.broadcast_to(jnp.asarray(dg), shape).astype(compute)
+  g_min, g_max = device.g_min, device.g_max
+  r = g_max - g_min
+  nu = float(spec.nu)
+  gamma = float(spec.gamma)
+
+  if nu == 0:
+    step = dg
+  else:
+    u = jnp.clip((g - g_min) / r, 0, 1)
+    s = jnp.maximum(nu * dg / r, -_MAX_EXPONENT)
+    dg_s = (-r / nu) * jnp.expm1(-s)  # R (1 - exp(-s)) / nu; -> dg as nu -> 0.
+    nu_over_e = -nu / math.expm1(-nu)  # nu / (1 - exp(-nu)); -> 1.
+    # Potentiation: 1/e - u; depression: 1/e - 1 + u = 1/e - (1 - u).
+    distance = jnp.where(dg > 0, u, 1 - u)
+    step = dg_s * (nu_over_e - nu * distance)
+
+  if gamma > 0:
+    z = _in_parts(
+        lambda part, k: _draw(jax.random.normal, k, _TAG_UPDATE_NOISE,
+                              part.shape[0], compute), g, key)
+    step = step + gamma * jnp.abs(dg) * z
+
+  return jnp.clip(g + step, g_min, g_max).astype(dtype)
