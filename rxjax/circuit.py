@@ -235,14 +235,33 @@ def _offdiag(w):
 
 
 def _mmatrix_inv(a):
-  """Inverse of a diagonally dominant M-matrix `a: [..., k, k]`.
+  """Inverse of a diagonally dominant M-matrix `a: [..., k, k]`, pure XLA.
 
-  Small ones use Gauss-Jordan without pivoting (safe for such matrices),
-  vectorized over the batch: thousands of tiny LAPACK calls cost more.
+  Up to `_SMALL`: Gauss-Jordan without pivoting (safe for such matrices),
+  vectorized over the batch. Larger: 2 x 2 block inversion through the
+  Schur complement, recursively (the Schur complement of an M-matrix is an
+  M-matrix, so no pivoting is needed at any level).
+
+  Not LAPACK: jaxlib's batched LAPACK kernels split their batch over XLA's
+  intra-op thread pool and wait for it, and two of them running at once (a
+  forward and a backward solve, two layers in one jit) can take every
+  worker of a 2-thread pool and wait forever. That deadlock was seen
+  (gdb: both `tf_XLAEigen` threads in `jax::ParallelBatchMap` /
+  `BlockingCounter::Wait`) while programming LeNet-5 on this 2-core CPU.
   """
   k = a.shape[-1]
   if k > _SMALL:
-    return jnp.linalg.inv(a)
+    h = k // 2
+    a11, a12 = a[..., :h, :h], a[..., :h, h:]
+    a21, a22 = a[..., h:, :h], a[..., h:, h:]
+    i11 = _mmatrix_inv(a11)
+    i11_a12 = i11 @ a12
+    a21_i11 = a21 @ i11
+    s = _mmatrix_inv(a22 - a21 @ i11_a12)
+    s_a21_i11 = s @ a21_i11
+    top = jnp.concatenate([i11 + i11_a12 @ s_a21_i11, -i11_a12 @ s], -1)
+    bottom = jnp.concatenate([-s_a21_i11, s], -1)
+    return jnp.concatenate([top, bottom], -2)
 
   def pivot(p, x):
     e = (jnp.arange(k) == p).astype(x.dtype)  # one-hot: no dynamic slicing
@@ -254,6 +273,12 @@ def _mmatrix_inv(a):
     return x * (1 - e)[:, None] + e[:, None] * r[..., None, :]
 
   return jax.lax.fori_loop(0, k, pivot, a)
+
+
+def solve_mmatrix(a, b) -> jax.Array:
+  """`a^-1 b` for diagonally dominant M-matrices `a: [..., k, k]`, `b:
+  [..., k]`, without LAPACK (see `_mmatrix_inv` for why)."""
+  return (_mmatrix_inv(a) @ b[..., None])[..., 0]
 
 
 # ---------------------------------------------------------------------------
@@ -387,10 +412,7 @@ def _eliminate(w, keep, drop):
   w_kd = _take(w, keep, drop)
   y = (jnp.eye(len(drop), dtype=w.dtype) * _take(w, drop, every).sum(-1)
        - _take(w, drop))
-  if len(drop) > _SMALL:
-    z = jnp.linalg.solve(y, w_kd.T)
-  else:
-    z = _mmatrix_inv(y) @ w_kd.T
+  z = _mmatrix_inv(y) @ w_kd.T
   return _offdiag(_take(w, keep) + w_kd @ z)
 
 

@@ -378,7 +378,8 @@ def _divider_solve(t, g_nom, y_port, dac: DACSpec):
   rhs = jnp.broadcast_to(dac.v_ref * g_dac, batch + (m,))
   a = jnp.broadcast_to(y_port, batch + (m, m)) + (
       g_th[..., :, None] * jnp.eye(m, dtype=t.dtype))
-  return jnp.linalg.solve(a, rhs[..., None])[..., 0]
+  # An M-matrix (port admittance plus a positive diagonal): no LAPACK.
+  return circuit.solve_mmatrix(a, rhs)
 
 
 def port_admittance(g, wires: circuit.Wires) -> jax.Array:
