@@ -1,32 +1,32 @@
-"""Train a DNN on simulated crossbars (placeholder until training lands).
+"""Train, re-train and evaluate a network on simulated crossbars.
 
-    python train.py
+    python train.py --config=configs/lenet_mnist.py --workdir=/tmp/lenet
 
-Training is not implemented yet (issue "DNNs on crossbars"). Until it is,
-`python train.py` with no arguments runs the 64 x 64 tile IR-drop demo
-(`rxjax.demo`); any argument is refused with exit code 2 rather than ignored.
+The config file says what runs (see its docstring); fields are overridden
+with `--config.<field>=<value>`. Checkpoints, metrics.jsonl and
+summary.json go to the work directory; run the same command again to resume.
 """
 
-import argparse
-import sys
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory.")
+flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      description="Training on crossbars is not implemented yet (issue "
-                  "\"DNNs on crossbars\"). Without arguments this runs the "
-                  "64x64 tile IR-drop demo.")
-  _, extra = parser.parse_known_args(argv)
-  if extra:
-    print(f"train.py: training is not implemented yet (issue \"DNNs on "
-          f"crossbars\"); refusing arguments {' '.join(extra)}. Run "
-          "`python train.py` without arguments for the 64x64 tile demo.",
-          file=sys.stderr)
-    return 2
-  from rxjax import demo
-  demo.main()
-  return 0
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from rxjax import experiment
+  import jax
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  print(f"  devices: {jax.devices()}", flush=True)
+  experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

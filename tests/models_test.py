@@ -30,6 +30,8 @@ PUBLISHED = [
     # 48,120 + 10,164 + 850 (LeCun et al. 1998, section II.B layer sizes).
     ("lenet5", {}, MNIST, 10, 61_706, 0),
     ("lenet5", {}, (32, 32, 1), 10, 61_706, 0),
+    # TxSim's / aihwkit's MLP: 784*256+256 + 256*128+128 + 128*10+10.
+    ("mlp", {}, MNIST, 10, 235_146, 0),
     # Caffe examples/cifar10/cifar10_quick_train_test.prototxt, layer by
     # layer: 5*5*3*32+32, 5*5*32*32+32, 5*5*32*64+64, 4*4*64*64+64, 64*10+10.
     ("convnet", {}, CIFAR, 10,

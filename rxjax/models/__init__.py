@@ -17,6 +17,7 @@ input size.
 
 | name      | network                           | params @1000 cls | min_input |
 |-----------|-----------------------------------|------------------|-----------|
+| mlp       | 784-256-128-10 perceptron         | 235,146 (10 cls) | 1         |
 | lenet5    | LeNet-5, 28 or 32 px              | 61,706 (10 cls)  | 1         |
 | convnet   | Caffe `cifar10_quick`             | 145,578 (10 cls) | 8         |
 | nin_cifar | NiN, CIFAR-10                     | 966,986 (10 cls) | 4         |
@@ -51,6 +52,7 @@ from rxjax.models.alexnet import AlexNet
 from rxjax.models.convnet import ConvNet
 from rxjax.models.googlenet import GoogLeNet, Inception
 from rxjax.models.lenet import LeNet5
+from rxjax.models.mlp import MLP
 from rxjax.models.nin import NiN, NiNCifar
 from rxjax.models.overfeat import OverFeat
 from rxjax.models.resnet import BasicBlock, Bottleneck, CifarResNet, ResNet
@@ -71,6 +73,7 @@ _REGISTRY = {
     "resnet50": (ResNet, {"depth": 50}),
     "resnet20": (CifarResNet, {"depth": 20}),
     "resnet56": (CifarResNet, {"depth": 56}),
+    "mlp": (MLP, {}),
 }
 NAMES = tuple(_REGISTRY)
 

@@ -1,0 +1,643 @@
+"""Experiments: train, re-train and evaluate networks on crossbars (RxNN VII).
+
+This module is the edge where configs become specs (STYLE: configs stay at
+the edge). It owns:
+
+* `chip_spec`: a config's `chip` block -> `crossbar.Spec`.
+* `train_and_evaluate` (what `train.py` runs): digital training, evaluation
+  on Cross-ideal and non-ideal chips of several tile sizes, RxNN re-training
+  on one chip (crossbar forward, floating-point backward, digital update),
+  evaluation again, a Monte-Carlo study over chip instances, the summary.
+* `evaluate` (what `eval.py` runs): a checkpoint as fp32, ideal, non-ideal
+  without variation and over N chip instances with variation.
+* Checkpoints (orbax, one directory per phase, saved every epoch, resumed
+  from the latest), `metrics.jsonl`, progress lines with rate and ETA.
+
+Everything a run computes is kept in its work directory: the config it ran
+with (`config.json`; a different config in the same directory is refused),
+checkpoints, finished evaluations (`results.json`, so a resumed run does not
+repeat them), metrics and the summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from rxjax import circuit
+from rxjax import crossbar
+from rxjax import data as data_lib
+from rxjax import device as device_lib
+from rxjax import mapping as mapping_lib
+from rxjax import models
+from rxjax import nn as rnn
+from rxjax import periphery
+
+# ---------------------------------------------------------------------------
+# Config -> spec.
+
+
+def _bits(value, name):
+  """Config bit counts: 0 means full precision (None in the specs)."""
+  if value is None or value == 0:
+    return None
+  if not isinstance(value, int) or value < 0:
+    raise ValueError(f"`{name}` must be an int >= 0 (0 = full precision), "
+                     f"got {value!r}")
+  return value
+
+
+def chip_spec(chip: ml_collections.ConfigDict, *, tile_size: int | None = None,
+              variation: bool = True) -> crossbar.Spec:
+  """The `crossbar.Spec` of a config's `chip` block.
+
+  Args:
+    chip: the block (fields documented in `configs/lenet_mnist.py`).
+    tile_size: overrides `chip.tile_size` (square tiles).
+    variation: False sets the process variation to 0 (the "non-ideal
+      without variation" evaluations and re-training).
+  """
+  size = chip.tile_size if tile_size is None else tile_size
+  device = device_lib.DeviceSpec(
+      r_min=chip.r_min_ohm, r_max=chip.r_max_ohm,
+      device_bits=_bits(chip.device_bits, "chip.device_bits"),
+      sigma=chip.sigma if variation else 0.0)
+  return crossbar.Spec(
+      mapping=mapping_lib.MappingSpec(
+          tile_rows=size, tile_cols=size,
+          weight_bits=_bits(chip.weight_bits, "chip.weight_bits"),
+          signed=chip.signed),
+      device=device,
+      wires=circuit.Wires(r_row=chip.r_row_ohm, r_col=chip.r_col_ohm,
+                          r_source=chip.r_source_ohm,
+                          r_sense=chip.r_sense_ohm),
+      dac=periphery.DACSpec(
+          input_bits=_bits(chip.input_bits, "chip.input_bits"),
+          dac_bits=_bits(chip.dac_bits, "chip.dac_bits"),
+          model=chip.dac_model),
+      adc=periphery.ADCSpec(bits=_bits(chip.adc_bits, "chip.adc_bits")),
+      inputs=chip.inputs)
+
+
+# ---------------------------------------------------------------------------
+# Work directory: config, metrics, results, progress.
+
+
+class Workdir:
+  """A run's directory: config check, metrics and results, atomically."""
+
+  def __init__(self, path: str, config: ml_collections.ConfigDict):
+    self.path = os.path.abspath(path)
+    os.makedirs(self.path, exist_ok=True)
+    self._check_config(config)
+    self._tb = _tensorboard(self.path)
+
+  def _check_config(self, config):
+    path = os.path.join(self.path, "config.json")
+    mine = json.loads(config.to_json_best_effort())
+    if os.path.exists(path):
+      try:
+        with open(path) as f:
+          theirs = json.load(f)
+      except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); remove it or use "
+                         "another --workdir") from e
+      diff = sorted(_diff(theirs, mine))
+      if diff:
+        raise ValueError(
+            f"--workdir {self.path} holds a run with a different config "
+            f"(fields {', '.join(diff)}); use another --workdir or the same "
+            "config to resume")
+    else:
+      self.write_json("config.json", mine)
+
+  def write_json(self, name: str, value) -> str:
+    path = os.path.join(self.path, name)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(value, f, indent=2, sort_keys=True)
+      f.write("\n")
+    os.replace(tmp, path)  # Atomic: a killed run leaves the old file.
+    return path
+
+  def read_json(self, name: str, default=None):
+    path = os.path.join(self.path, name)
+    if not os.path.exists(path):
+      return default
+    with open(path) as f:
+      return json.load(f)
+
+  def log(self, step: int, phase: str, **values):
+    """Appends one metrics line (and TensorBoard scalars when available)."""
+    record = {"step": int(step), "phase": phase, "time": time.time()}
+    record.update({k: _plain(v) for k, v in values.items()})
+    with open(os.path.join(self.path, "metrics.jsonl"), "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for k, v in values.items():
+        if isinstance(v, (int, float)):
+          self._tb.scalar(f"{phase}/{k}", v, step)
+
+  def result(self, name: str, compute: Callable[[], Any]):
+    """A finished evaluation, computed once per work directory."""
+    results = self.read_json("results.json", {})
+    if name not in results:
+      results[name] = _plain(compute())
+      self.write_json("results.json", results)
+    return results[name]
+
+
+def _tensorboard(path):
+  try:
+    from flax.metrics import tensorboard  # Needs TensorFlow.
+    return tensorboard.SummaryWriter(os.path.join(path, "tensorboard"))
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _diff(a, b, prefix=""):
+  if isinstance(a, dict) and isinstance(b, dict):
+    for k in set(a) | set(b):
+      yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+  elif a != b:
+    yield prefix[:-1]
+
+
+def _plain(v):
+  if isinstance(v, dict):
+    return {k: _plain(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [_plain(x) for x in v]
+  if isinstance(v, (np.generic, np.ndarray, jax.Array)):
+    return np.asarray(v).tolist()
+  return v
+
+
+class Progress:
+  """Prints `phase: 42% 120/288 steps, 35.1 steps/s, ETA 5s` now and then."""
+
+  def __init__(self, phase: str, total: int, unit: str = "steps",
+               every_s: float = 5.0, stream=sys.stdout):
+    self.phase, self.total, self.unit = phase, total, unit
+    self.every_s, self.stream = every_s, stream
+    self.start = self.last = time.time()
+    self.done = 0
+
+  def update(self, n: int = 1, **extra):
+    self.done += n
+    now = time.time()
+    if now - self.last >= self.every_s or self.done == self.total:
+      self.last = now
+      rate = self.done / max(now - self.start, 1e-9)
+      eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+      more = "".join(f", {k} {v:.4g}" if isinstance(v, float) else
+                     f", {k} {v}" for k, v in extra.items())
+      print(f"  {self.phase}: {100 * self.done / self.total:3.0f}% "
+            f"{self.done}/{self.total} {self.unit}, {rate:.3g} {self.unit}/s,"
+            f" ETA {_duration(eta)}{more}", file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else (
+      f"{seconds}s")
+
+
+# ---------------------------------------------------------------------------
+# Model, data and training state.
+
+
+@dataclasses.dataclass
+class Setup:
+  """What every phase of a run shares."""
+  model: nn.Module
+  data: data_lib.Dataset
+  calib: np.ndarray  # Calibration images (training set).
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+  data = data_lib.load(config.dataset, data_dir=config.data_dir,
+                       seed=config.seed, image_size=config.image_size)
+  if data.name == "synthetic":
+    print("  data: SYNTHETIC random images (smoke test only; accuracies "
+          "mean nothing)", flush=True)
+  model = models.get(config.model, num_classes=data.num_classes)
+  rng = np.random.default_rng(config.seed)
+  idx = rng.choice(len(data.x_train), min(config.eval.calibration_size,
+                                          len(data.x_train)), replace=False)
+  return Setup(model, data, data.x_train[np.sort(idx)])
+
+
+def _init_variables(model, x, seed):
+  variables = jax.jit(lambda k: model.init(k, x[:1]))(
+      jax.random.key(seed))
+  return dict(variables)
+
+
+def _optimizer(config, steps_per_epoch, epochs, learning_rate):
+  total = max(steps_per_epoch * epochs, 1)
+  schedule = optax.cosine_decay_schedule(learning_rate, total)
+  if config.optimizer == "sgd":
+    opt = optax.sgd(schedule, momentum=config.momentum or None)
+  elif config.optimizer == "adam":
+    opt = optax.adam(schedule)
+  else:
+    raise ValueError(f"`optimizer` must be 'sgd' or 'adam', got "
+                     f"{config.optimizer!r}")
+  if config.weight_decay:
+    opt = optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
+  return opt
+
+
+def _cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                         labels).mean()
+
+
+def _restore_or(manager, fresh, what: str):
+  """(state, epoch) from the latest checkpoint, or (fresh, 0)."""
+  step = manager.latest_step()
+  if step is None:
+    return fresh, 0
+  try:
+    state = manager.restore(step, args=ocp.args.StandardRestore(fresh))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f"cannot restore the {what} checkpoint at epoch {step} in "
+        f"{manager.directory}: it is corrupt or does not match this config "
+        f"({type(e).__name__}: {str(e)[:300]}). Use another --workdir, or "
+        "delete that checkpoint directory to start the phase over") from e
+  return state, int(step)
+
+
+def _checkpoints(workdir: Workdir, phase: str):
+  return ocp.CheckpointManager(
+      os.path.join(workdir.path, "checkpoints", phase),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+
+def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
+          learning_rate: float, spec: crossbar.Spec | None = None,
+          init: dict | None = None) -> dict:
+  """Trains digitally (spec None) or re-trains on a chip (RxNN VII).
+
+  Re-training runs the forward pass on the chip and the backward pass in
+  floating point (`spec.backward == "straight_through"`), with a digital
+  update. The chip is programmed exactly (fresh `G_eff`) at the start of
+  every epoch and reprogrammed with the stored distortion at every step in
+  between (`crossbar.reprogram`). Checkpoints every epoch; resumes.
+
+  Returns:
+    The trained variables.
+  """
+  model, data = run.model, run.data
+  variables = init if init is not None else _init_variables(
+      model, data.x_train, config.seed)
+  steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
+  opt = _optimizer(config, steps_per_epoch, epochs, learning_rate)
+  fresh = {"variables": variables, "opt_state": opt.init(
+      variables["params"])}
+  manager = _checkpoints(workdir, phase)
+  state, start = _restore_or(manager, fresh, phase)
+  if start:
+    print(f"  {phase}: resumed after epoch {start}", flush=True)
+  has_stats = "batch_stats" in variables
+  mutable = ["batch_stats"] if has_stats else []
+
+  def loss_fn(params, variables, chips, x, y):
+    v = {**variables, "params": params}
+    kw = dict(train=True)
+    if spec is None:
+      out = model.apply(v, x, mutable=mutable, **kw) if mutable else (
+          model.apply(v, x, **kw), {})
+      logits, new = out
+    else:
+      logits, new = rnn.apply(model, v, chips, x, spec, refresh=True,
+                              mutable=mutable, **kw)
+    return _cross_entropy(logits, y), (logits, new)
+
+  @jax.jit
+  def step(state, chips, x, y):
+    variables, opt_state = state["variables"], state["opt_state"]
+    (loss, (logits, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        variables["params"], variables, chips, x, y)
+    updates, opt_state = opt.update(grads, opt_state, variables["params"])
+    params = optax.apply_updates(variables["params"], updates)
+    variables = {**variables, "params": params}
+    if has_stats:
+      variables["batch_stats"] = new["batch_stats"]
+    chips = new.get(rnn.COLLECTION, chips)
+    acc = jnp.mean(jnp.argmax(logits, -1) == y)
+    return {"variables": variables, "opt_state": opt_state}, chips, loss, acc
+
+  program = None
+  if spec is not None:
+    program = jax.jit(lambda v, k: rnn.program(model, v, run.calib, spec,
+                                               key=k))
+  progress = Progress(phase, (epochs - start) * steps_per_epoch)
+  for epoch in range(start, epochs):
+    key = jax.random.fold_in(jax.random.key(config.seed), epoch)
+    chips = None
+    if program is not None:
+      chips = program(state["variables"], jax.random.fold_in(key, 1))
+    losses, accs = [], []
+    for x, y in data_lib.batches(data.x_train, data.y_train,
+                                 config.batch_size, key_or_seed=key):
+      state, chips, loss, acc = step(state, chips, x, y)
+      losses.append(loss)
+      accs.append(acc)
+      progress.update(loss=float(loss))
+    test = accuracy(model, state["variables"], data, spec,
+                    chips=None if spec is None else program(
+                        state["variables"], jax.random.fold_in(key, 1)),
+                    batch_size=config.eval.batch_size)
+    metrics = dict(epoch=epoch + 1, loss=float(np.mean(losses)),
+                   train_accuracy=float(np.mean(accs)), test_accuracy=test)
+    workdir.log((epoch + 1) * steps_per_epoch, phase, **metrics)
+    print(f"  {phase}: epoch {epoch + 1}/{epochs} loss "
+          f"{metrics['loss']:.4f} train {metrics['train_accuracy']:.4f} "
+          f"test {test:.4f}", flush=True)
+    manager.save(epoch + 1, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+  manager.close()
+  return state["variables"]
+
+
+# ---------------------------------------------------------------------------
+# Evaluation.
+
+
+def accuracy(model, variables, data, spec, *, chips=None, key=None,
+             batch_size: int = 500) -> float:
+  """Test accuracy, digital (spec None) or on programmed chips."""
+  if spec is not None and chips is None:
+    raise ValueError("`chips` are needed with a spec (rxjax.nn.program)")
+  fn = _logits_fn(model, spec)
+  correct = 0
+  for x, y in data_lib.batches(data.x_test, data.y_test, batch_size,
+                               key_or_seed=0, shuffle=False):
+    logits = fn(variables, chips, x)
+    correct += int(jnp.sum(jnp.argmax(logits, -1) == y))
+  return correct / len(data.y_test)
+
+
+def _logits_fn(model, spec):
+  return jax.jit(lambda v, c, x: rnn.apply(model, v, c, x, spec))
+
+
+def evaluate_on_chip(run: Setup, variables, spec, *, key) -> float:
+  """Programs one chip instance (calibrated on the run's calibration set)
+  and returns its test accuracy."""
+  chips = jax.jit(lambda v, k: rnn.program(run.model, v, run.calib, spec,
+                                           key=k))(variables, key)
+  return accuracy(run.model, variables, run.data, spec, chips=chips)
+
+
+def evaluate_chips(run: Setup, variables, spec, *, key, n: int,
+                   batch_size: int = 500) -> dict:
+  """Accuracy over `n` chip instances (one vmapped call per test batch).
+
+  Chip `i` is programmed with `fold_in(key, i)`: the same key gives the
+  same chips. Each test batch is split into sub-batches of `batch_size / n`
+  images (at least 1) so that the `n` chips' currents fit in memory.
+
+  Returns:
+    {"n", "mean", "std", "min", "max", "accuracies"}.
+  """
+  keys = jnp.stack([jax.random.fold_in(key, i) for i in range(n)])
+  program = jax.jit(jax.vmap(
+      lambda k: rnn.program(run.model, variables, run.calib, spec, key=k)))
+  chips = program(keys)
+  logits = jax.jit(jax.vmap(
+      lambda c, x: rnn.apply(run.model, variables, c, x, spec),
+      in_axes=(0, None)))
+  sub = max(1, batch_size // n)
+  correct = np.zeros(n)
+  data = run.data
+  progress = Progress(f"{n} chips", len(data.y_test), unit="images")
+  for x, y in data_lib.batches(data.x_test, data.y_test, sub,
+                               key_or_seed=0, shuffle=False):
+    out = logits(chips, x)
+    correct += np.asarray(jnp.sum(jnp.argmax(out, -1) == y, axis=-1))
+    progress.update(len(y))
+  acc = correct / len(data.y_test)
+  return {"n": n, "mean": float(acc.mean()), "std": float(acc.std()),
+          "min": float(acc.min()), "max": float(acc.max()),
+          "accuracies": acc.tolist()}
+
+
+# ---------------------------------------------------------------------------
+# The two entry points.
+
+
+def _cross(size):
+  return f"cross{size}"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict:
+  """`train.py`: the run a config describes; returns the summary.
+
+  mode "digital": trains in floating point for `num_epochs`; then, for each
+  of `eval.tile_sizes`, evaluates the network on the Cross-ideal chip and on
+  the non-ideal chip without variation; re-trains for `retrain.num_epochs`
+  on the non-ideal chip of `retrain.tile_size` (if > 0) and evaluates it
+  again; finally evaluates the final network over `eval.num_chips` chip
+  instances with variation. mode "retrain": starts from the final digital
+  checkpoint of `init_workdir` (or of this work directory) and runs only
+  the re-training and its evaluations.
+
+  Writes `summary.json` (accuracies as fractions) and prints a Markdown
+  table.
+  """
+  start = time.time()
+  wd = Workdir(workdir, config)
+  run = setup(config)
+  print(f"  data: {run.data.name}, {len(run.data.y_train)} train / "
+        f"{len(run.data.y_test)} test images; model: {config.model}",
+        flush=True)
+  key = jax.random.key(config.seed)
+  if config.mode == "digital":
+    variables = train(config, run, wd, phase="digital",
+                      epochs=config.num_epochs,
+                      learning_rate=config.learning_rate)
+  elif config.mode == "retrain":
+    variables = _load_digital(config, run, wd)
+  else:
+    raise ValueError(f"`mode` must be 'digital' or 'retrain', got "
+                     f"{config.mode!r}")
+  summary = {"fp32": wd.result("fp32", lambda: accuracy(
+      run.model, variables, run.data, None))}
+  summary["ideal"], summary["nonideal"] = {}, {}
+  for size in config.eval.tile_sizes:
+    name = _cross(size)
+    for mode, variation in (("ideal", False), ("nonideal", False)):
+      spec = rnn.mode_spec(mode, chip_spec(config.chip, tile_size=size,
+                                           variation=variation))
+      summary[mode][name] = wd.result(f"{mode}/{name}", lambda: (
+          evaluate_on_chip(run, variables, spec,
+                           key=jax.random.fold_in(key, size))))
+      print(f"  {mode} {name}: {summary[mode][name]:.4f}", flush=True)
+      wd.log(0, f"eval/{mode}", **{name: summary[mode][name]})
+  final = variables
+  size = config.retrain.tile_size
+  spec = chip_spec(config.chip, tile_size=size, variation=False)
+  if config.retrain.num_epochs > 0:
+    final = train(config, run, wd, phase="retrain",
+                  epochs=config.retrain.num_epochs,
+                  learning_rate=config.retrain.learning_rate, spec=spec,
+                  init=variables)
+    summary["retrained"] = {_cross(size): wd.result(
+        f"retrained/{_cross(size)}", lambda: evaluate_on_chip(
+            run, final, spec, key=jax.random.fold_in(key, size)))}
+    print(f"  retrained {_cross(size)}: "
+          f"{summary['retrained'][_cross(size)]:.4f}", flush=True)
+  if config.eval.num_chips > 0:
+    chips_spec = chip_spec(config.chip, tile_size=size)
+    summary["chips"] = wd.result("chips", lambda: evaluate_chips(
+        run, final, chips_spec, key=jax.random.fold_in(key, 10_000),
+        n=config.eval.num_chips, batch_size=config.eval.batch_size))
+    summary["chips"]["tile_size"] = size
+    summary["chips"]["network"] = ("retrained" if
+                                   config.retrain.num_epochs > 0 else
+                                   "digital")
+  summary["seconds"] = time.time() - start
+  wd.write_json("summary.json", summary)
+  print(table(summary))
+  print(f"  wrote {os.path.join(wd.path, 'summary.json')} "
+        f"({summary['seconds']:.0f} s)")
+  return summary
+
+
+def _load_digital(config, run: Setup, wd: Workdir):
+  source = config.init_workdir or wd.path
+  fresh = _init_variables(run.model, run.data.x_train, config.seed)
+  path = os.path.join(os.path.abspath(source), "checkpoints", "digital")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"mode 'retrain' needs a digital checkpoint: {path} does not exist "
+        "(set --config.init_workdir to the work directory of a digital run)")
+  manager = ocp.CheckpointManager(path)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {path}")
+  try:
+    restored = manager.restore(step, args=ocp.args.StandardRestore(
+        {"variables": fresh}), )
+  except Exception:  # pylint: disable=broad-except
+    restored = None
+  if restored is None:
+    # The digital checkpoints hold the optimizer state too: restore the
+    # whole tree with the optimizer of the digital phase.
+    steps = math.ceil(len(run.data.x_train) / config.batch_size)
+    opt = _optimizer(config, steps, config.num_epochs, config.learning_rate)
+    tree = {"variables": fresh, "opt_state": opt.init(fresh["params"])}
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(tree))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(
+          f"cannot restore the digital checkpoint {path}/{step}: corrupt or "
+          f"not made with this model/config ({type(e).__name__}: "
+          f"{str(e)[:300]})") from e
+  manager.close()
+  return restored["variables"]
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`eval.py`: the latest checkpoint as fp32, ideal, non-ideal, N chips.
+
+  Uses the re-trained network when the work directory has one, else the
+  digital one. Writes `eval.json` and prints a Markdown table.
+  """
+  start = time.time()
+  wd = os.path.abspath(workdir)
+  if not os.path.isdir(os.path.join(wd, "checkpoints")):
+    raise FileNotFoundError(
+        f"{wd}/checkpoints does not exist: run train.py with this "
+        "--workdir first")
+  run = setup(config)
+  fresh = _init_variables(run.model, run.data.x_train, config.seed)
+  network, variables = None, None
+  for phase in ("retrain", "digital"):
+    path = os.path.join(wd, "checkpoints", phase)
+    if not os.path.isdir(path):
+      continue
+    manager = ocp.CheckpointManager(path)
+    step = manager.latest_step()
+    if step is None:
+      continue
+    meta = manager.item_metadata(step)
+    del meta
+    try:
+      restored = manager.restore(step)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"cannot read checkpoint {path}/{step}: corrupt "
+                       f"({type(e).__name__}: {str(e)[:300]})") from e
+    variables = jax.tree.map(jnp.asarray, restored["variables"])
+    if (jax.tree.structure(variables) != jax.tree.structure(fresh)
+        or jax.tree.map(jnp.shape, variables) != jax.tree.map(jnp.shape,
+                                                              fresh)):
+      raise ValueError(f"checkpoint {path}/{step} does not match model "
+                       f"{config.model!r} of this config")
+    network = f"{phase} (epoch {step})"
+    break
+  if variables is None:
+    raise FileNotFoundError(f"no checkpoint under {wd}/checkpoints")
+  key = jax.random.key(config.seed)
+  size = config.chip.tile_size
+  name = _cross(size)
+  result = {"network": network, "fp32": accuracy(run.model, variables,
+                                                 run.data, None)}
+  for mode in ("ideal", "nonideal"):
+    spec = rnn.mode_spec(mode, chip_spec(config.chip, variation=False))
+    result[mode] = {name: evaluate_on_chip(run, variables, spec,
+                                           key=jax.random.fold_in(key, size))}
+    print(f"  {mode} {name}: {result[mode][name]:.4f}", flush=True)
+  if config.eval.num_chips > 0:
+    result["chips"] = evaluate_chips(
+        run, variables, chip_spec(config.chip),
+        key=jax.random.fold_in(key, 10_000), n=config.eval.num_chips,
+        batch_size=config.eval.batch_size)
+    result["chips"]["tile_size"] = size
+  result["seconds"] = time.time() - start
+  path = os.path.join(wd, "eval.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(result, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
+  print(table(result))
+  print(f"  wrote {path} ({result['seconds']:.0f} s)")
+  return result
+
+
+def table(summary: dict) -> str:
+  """A Markdown table of a summary or an eval result."""
+  rows = [("fp32 (digital)", summary["fp32"])]
+  for group, label in (("ideal", "ideal"), ("nonideal", "non-ideal"),
+                       ("retrained", "re-trained, non-ideal")):
+    for name, acc in sorted(summary.get(group, {}).items(),
+                            key=lambda kv: int(kv[0][5:])):
+      rows.append((f"{label} {name.replace('cross', 'Cross')}", acc))
+  lines = ["| network on | test accuracy |", "|---|---|"]
+  lines += [f"| {k} | {v:.4f} |" for k, v in rows]
+  if "chips" in summary:
+    c = summary["chips"]
+    lines.append(
+        f"| {c['n']} chips with variation, Cross{c.get('tile_size', '')} "
+        f"| {c['mean']:.4f} +- {c['std']:.4f} (min {c['min']:.4f}, max "
+        f"{c['max']:.4f}) |")
+  return "\n".join(lines)
