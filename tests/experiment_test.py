@@ -1,0 +1,190 @@
+"""Experiments: resume, refusal of bad checkpoints and configs, metrics, chips.
+
+References: an uninterrupted run (a resumed one must give the same numbers),
+single-chip evaluations (the vmapped Monte-Carlo call must match them),
+the config fields (chip_spec), `experiment.accuracy` of the restored
+checkpoint (eval.py).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rxjax import experiment
+from rxjax import nn as rnn
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from configs import lenet_mnist  # pylint: disable=g-import-not-at-top
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _config(**changes):
+  """A seconds-long run: a small MLP on scikit-learn's 8x8 digits."""
+  config = lenet_mnist.get_config()
+  config.model = "mlp"
+  config.dataset = "digits"
+  config.num_epochs = 2
+  config.batch_size = 64
+  config.chip.tile_size = 16
+  config.eval.tile_sizes = (16,)
+  config.eval.num_chips = 0
+  config.eval.calibration_size = 64
+  config.retrain.num_epochs = 0
+  config.retrain.tile_size = 16
+  for k, v in changes.items():
+    node = config
+    *path, leaf = k.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """One uninterrupted digital run (module-wide reference)."""
+  workdir = str(tmp_path_factory.mktemp("full"))
+  summary = experiment.train_and_evaluate(_config(), workdir)
+  return workdir, summary
+
+
+def _params(workdir, phase="digital"):
+  config = _config()
+  run = experiment.setup(config)
+  fresh = experiment._init_variables(run.model, run.data.x_train, 0)
+  steps = -(-len(run.data.x_train) // config.batch_size)
+  opt = experiment._optimizer(config, steps, config.num_epochs,
+                              config.learning_rate)
+  manager = experiment._checkpoints(experiment.Workdir(workdir, config),
+                                    phase)
+  state, epoch = experiment._restore_or(
+      manager, {"variables": fresh, "opt_state": opt.init(fresh["params"])},
+      phase)
+  return state["variables"]["params"], epoch
+
+
+def test_a_killed_run_resumes_to_the_same_numbers(finished, tmp_path,
+                                                  monkeypatch):
+  full_dir, full = finished
+  workdir = str(tmp_path)
+  real = experiment.data_lib.batches
+  calls = {"n": 0}
+
+  def dying(*args, **kwargs):
+    for i, batch in enumerate(real(*args, **kwargs)):
+      calls["n"] += 1
+      if calls["n"] == 30:  # In epoch 2 (23 steps per epoch).
+        raise KeyboardInterrupt
+      yield batch
+
+  monkeypatch.setattr(experiment.data_lib, "batches", dying)
+  with pytest.raises(KeyboardInterrupt):
+    experiment.train_and_evaluate(_config(), workdir)
+  monkeypatch.setattr(experiment.data_lib, "batches", real)
+  _, epoch = _params(workdir)
+  assert epoch == 1  # Epoch 1 was saved; the one in progress was lost.
+  resumed = experiment.train_and_evaluate(_config(), workdir)
+  assert resumed["fp32"] == full["fp32"]
+  a, _ = _params(workdir)
+  b, _ = _params(full_dir)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  # The metrics file has one line per finished epoch and evaluation.
+  lines = [json.loads(l) for l in open(os.path.join(workdir,
+                                                     "metrics.jsonl"))]
+  digital = [l for l in lines if l["phase"] == "digital"]
+  assert [l["epoch"] for l in digital] == [1, 2]
+  assert all({"step", "phase", "loss", "test_accuracy"} <= set(l)
+             for l in digital)
+
+
+def test_a_corrupt_checkpoint_is_refused(finished, tmp_path):
+  import shutil
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(finished[0], workdir)
+  root = os.path.join(workdir, "checkpoints", "digital", "2")
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      with open(os.path.join(dirpath, name), "wb") as f:
+        f.write(b"garbage")
+  with pytest.raises(ValueError, match="corrupt or does not match"):
+    experiment.train_and_evaluate(_config(), workdir)
+
+
+def test_a_different_config_in_the_same_workdir_is_refused(finished):
+  with pytest.raises(ValueError, match="different config.*num_epochs"):
+    experiment.train_and_evaluate(_config(num_epochs=3), finished[0])
+
+
+def test_eval_restores_the_checkpoint_and_writes_eval_json(finished):
+  workdir, summary = finished
+  result = experiment.evaluate(_config(), workdir)
+  assert result["fp32"] == summary["fp32"]
+  assert result["ideal"]["cross16"] == summary["ideal"]["cross16"]
+  with open(os.path.join(workdir, "eval.json")) as f:
+    assert json.load(f)["fp32"] == summary["fp32"]
+  assert summary["fp32"] > 0.8  # Digits are easy even for a small MLP.
+
+
+def test_missing_workdir_for_eval_and_retrain_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="run train.py"):
+    experiment.evaluate(_config(), str(tmp_path / "none"))
+  with pytest.raises(FileNotFoundError, match="digital checkpoint"):
+    experiment.train_and_evaluate(
+        _config(mode="retrain", init_workdir=str(tmp_path / "none")),
+        str(tmp_path / "new"))
+
+
+def test_monte_carlo_chips_in_one_call_match_single_chips(finished):
+  config = _config()
+  run = experiment.setup(config)
+  params, _ = _params(finished[0])
+  variables = {"params": params}
+  spec = experiment.chip_spec(config.chip)
+  key = jax.random.key(5)
+  chips = experiment.evaluate_chips(run, variables, spec, key=key, n=3)
+  single = [experiment.evaluate_on_chip(run, variables, spec,
+                                        key=jax.random.fold_in(key, i))
+            for i in range(3)]
+  np.testing.assert_allclose(chips["accuracies"], single)
+  assert chips["mean"] == pytest.approx(np.mean(single))
+
+
+def test_retraining_on_the_chip_runs_the_chip_forward(finished, tmp_path):
+  config = _config(mode="retrain", init_workdir=finished[0])
+  config.retrain.num_epochs = 1
+  summary = experiment.train_and_evaluate(config, str(tmp_path))
+  assert summary["retrained"]["cross16"] > 0.5  # Chance is 0.1.
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [l["phase"] for l in lines if "epoch" in l] == ["retrain"]
+
+
+def test_chip_spec_reads_every_field():
+  config = _config()
+  config.chip.adc_bits = 0
+  config.chip.dac_bits = 2
+  config.chip.r_row_ohm = 2.5
+  spec = experiment.chip_spec(config.chip, tile_size=32, variation=False)
+  assert spec.mapping.tile_rows == spec.mapping.tile_cols == 32
+  assert spec.adc.bits is None and spec.dac.dac_bits == 2
+  assert spec.wires.r_row == 2.5 and spec.device.sigma == 0.0
+  assert spec.device.r_min == config.chip.r_min_ohm
+  config.chip.weight_bits = -1
+  with pytest.raises(ValueError, match="chip.weight_bits"):
+    experiment.chip_spec(config.chip)
+
+
+def test_a_mistyped_override_fails_loudly(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "train.py", "--config=configs/lenet_mnist.py",
+       f"--workdir={tmp_path}", "--config.num_epoch=1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "num_epoch" in out.stderr
+  assert not os.path.exists(tmp_path / "config.json")
