@@ -23,18 +23,21 @@ def _limit_blas_threads():
 
 _limit_blas_threads()
 
-from rxjax.circuit import (NodeVoltages, Wires, effective_conductance, node_voltages,
-                           series_model)
-from rxjax.crossbar import (Chip, Spec, calibrate, crossbar_matmul, matmul, program,
-                            program_layers, read)
-from rxjax.device import DeviceSpec
+from rxjax import nn
+from rxjax.circuit import (NodeVoltages, Wires, aam_conductance, effective_conductance,
+                           node_voltages, series_model)
+from rxjax.crossbar import (Chip, Spec, calibrate, crossbar_matmul, fold, matmul, program,
+                            program_layers, read, reprogram)
+from rxjax.device import DeviceSpec, UpdateSpec
+from rxjax.optim import DeviceUpdateState, apply_device_response
 from rxjax.mapping import MappingSpec
 from rxjax.periphery import ADCSpec, DACSpec
 
 __all__ = [
-    "ADCSpec", "Chip", "DACSpec", "DeviceSpec", "MappingSpec", "NodeVoltages",
-    "Spec", "Wires", "calibrate", "crossbar_matmul", "effective_conductance",
-    "matmul", "node_voltages", "program", "program_layers", "read",
-    "series_model",
+    "ADCSpec", "Chip", "DACSpec", "DeviceSpec", "DeviceUpdateState",
+    "MappingSpec", "NodeVoltages", "Spec", "UpdateSpec", "Wires",
+    "aam_conductance", "apply_device_response", "calibrate", "crossbar_matmul",
+    "effective_conductance", "fold", "matmul", "nn", "node_voltages", "program",
+    "program_layers", "read", "reprogram", "series_model",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,129 @@
+"""Speed of networks on crossbars against native Flax, as ratios in one run.
+
+    python benchmarks/inference_bench.py           # everything (~3 min)
+    python benchmarks/inference_bench.py --quick   # 10 chips, fewer repeats
+
+Float32, the best of several repeats after a warm-up (compilation excluded).
+
+1. LeNet-5 (28 x 28) and ResNet-20 (32 x 32 x 3) at batch 256, chip
+   programmed once (`rxjax.nn.program`), against `model.apply` jitted:
+   * one slice, full-precision converters (analog devices and weights,
+     `input_bits` / ADC `bits` None, ideal DAC), default ReRAM wires and 10%
+     variation: the read is linear, so every layer runs as a native matmul /
+     convolution with its folded `W_eff` (target <= 1.5x; RxNN: 2.5x over
+     Caffe);
+   * the default chip (8-bit weights in four 2-bit slices, 8 input cycles
+     through 1-bit DACs, 8-bit ADCs), reported.
+2. LeNet-5 on 100 chip instances (one-slice full-precision chip), each
+   programmed (exact `G_eff` of every tile), calibrated on 256 images and
+   evaluated on 1,000 test digits: one vmapped call against a Python loop
+   calling the same jitted single-chip function (target >= 5x).
+
+The last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rxjax  # noqa: F401  (thread settings)
+from rxjax import circuit, crossbar, data, device, models, periphery
+from rxjax import nn as rnn
+
+
+def _best(fn, *args, repeats=5):
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def one_slice_spec(inputs="signed") -> crossbar.Spec:
+  """One analog slice per device, full-precision converters, real wires."""
+  return crossbar.Spec(
+      mapping=dataclasses.replace(crossbar.Spec().mapping, weight_bits=None),
+      device=dataclasses.replace(crossbar.Spec().device, device_bits=None),
+      dac=periphery.DACSpec.ideal(), adc=periphery.ADCSpec.ideal(),
+      inputs=inputs)
+
+
+def overhead(name, shape, repeats):
+  model = models.get(name, num_classes=10)
+  x = jax.random.uniform(jax.random.key(0), (256,) + shape, jnp.float32)
+  variables = jax.jit(model.init)(jax.random.key(1), x[:1])
+  native = _best(jax.jit(model.apply), variables, x, repeats=repeats)
+  out = {"native_ms": native * 1e3}
+  for label, spec in (("one_slice", one_slice_spec()),
+                      ("default", crossbar.Spec())):
+    chips = jax.jit(lambda k: rnn.program(model, variables, x, spec, key=k))(
+        jax.random.key(2))
+    run = jax.jit(lambda c, x: rnn.apply(model, variables, c, x, spec))
+    t = _best(run, chips, x, repeats=repeats)
+    out[f"{label}_ms"] = t * 1e3
+    out[f"{label}_overhead"] = t / native
+  print(f"{name} batch 256: native {native * 1e3:.2f} ms; one slice "
+        f"{out['one_slice_ms']:.2f} ms ({out['one_slice_overhead']:.2f}x); "
+        f"default chip {out['default_ms']:.1f} ms "
+        f"({out['default_overhead']:.1f}x)", flush=True)
+  return out
+
+
+def monte_carlo(n_chips, repeats):
+  model = models.get("lenet5", num_classes=10)
+  d = data.load("mnist_bundled")
+  x_test, y_test = jnp.asarray(d.x_test), jnp.asarray(d.y_test)
+  calib = jnp.asarray(d.x_train[:256])
+  variables = jax.jit(model.init)(jax.random.key(1), calib[:1])
+  spec = one_slice_spec(inputs="non_negative")
+
+  def one(key):
+    chips = rnn.program(model, variables, calib, spec, key=key)
+    logits = rnn.apply(model, variables, chips, x_test, spec)
+    return jnp.mean(jnp.argmax(logits, -1) == y_test)
+
+  keys = jax.random.split(jax.random.key(3), n_chips)
+  single = jax.jit(one)
+  batched = jax.jit(jax.vmap(one))
+  loop = lambda keys: jnp.stack([single(k) for k in keys])
+  t_vmap = _best(batched, keys, repeats=repeats)
+  t_loop = _best(loop, keys, repeats=max(1, repeats // 2))
+  acc_v, acc_l = batched(keys), loop(keys)
+  agree = float(jnp.max(jnp.abs(acc_v - acc_l)))
+  print(f"LeNet-5 x {n_chips} chips on 1000 digits: vmapped {t_vmap:.2f} s, "
+        f"loop {t_loop:.2f} s ({t_loop / t_vmap:.1f}x); accuracy "
+        f"{float(acc_v.mean()):.4f} +- {float(acc_v.std()):.4f}, max "
+        f"|vmap - loop| {agree:.1e}", flush=True)
+  return {"vmap_s": t_vmap, "loop_s": t_loop, "speedup": t_loop / t_vmap,
+          "accuracy_mean": float(acc_v.mean())}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true")
+  args = parser.parse_args()
+  repeats = 3 if args.quick else 7
+  print(f"devices: {jax.devices()}", flush=True)
+  lenet = overhead("lenet5", (28, 28, 1), repeats)
+  resnet = overhead("resnet20", (32, 32, 3), repeats)
+  mc = monte_carlo(10 if args.quick else 100, 3 if args.quick else 3)
+  result = {"lenet_overhead": lenet["one_slice_overhead"],
+            "resnet20_overhead": resnet["one_slice_overhead"],
+            "mc100_speedup_vs_loop": mc["speedup"],
+            "lenet_default_overhead": lenet["default_overhead"],
+            "resnet20_default_overhead": resnet["default_overhead"],
+            "mc_chips": 10 if args.quick else 100}
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
