@@ -359,3 +359,31 @@ def test_program_layers_equals_program_per_layer():
       np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
     assert (chip.fan_in, chip.fan_out) == w.shape
   assert seen[-1][0] == seen[-1][1]
+
+
+@pytest.mark.parametrize("signed", ["differential", "offset"])
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_fold_is_the_linear_read(signed, direction):
+  """`W_eff` from `fold` reproduces `read` of a linear chip, both ways."""
+  spec = _small_tiles(Spec(
+      dac=periphery.DACSpec.ideal(),
+      adc=periphery.ADCSpec(bits=None, gain_sigma=0.05),
+      mapping=dataclasses.replace(Spec().mapping, signed=signed),
+      backward="transposed_read"))
+  assert spec.linear
+  x, w = _data(3, 5, 19, 13)
+  chip = crossbar.calibrate(crossbar.program(w, spec, key=jax.random.key(2)),
+                            x, spec)
+  w_eff = crossbar.fold(chip, spec, direction)
+  if direction == "forward":
+    x_in = jnp.clip(x, -chip.x_scale, chip.x_scale)
+    np.testing.assert_allclose(x_in @ w_eff, crossbar.read(x, chip, spec),
+                               rtol=1e-9, atol=1e-12)
+  else:
+    dy = jnp.asarray(np.random.default_rng(4).normal(size=(5, 13)))
+    np.testing.assert_allclose(
+        dy @ w_eff, crossbar.read(dy, chip, spec, direction="backward"),
+        rtol=1e-9, atol=1e-12)
+  # The chip is not ideal: W_eff differs from w.
+  assert float(jnp.abs(w_eff - (w if direction == "forward" else w.T)
+                       ).max()) > 1e-3
