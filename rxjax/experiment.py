@@ -44,6 +44,7 @@ from rxjax import device as device_lib
 from rxjax import mapping as mapping_lib
 from rxjax import models
 from rxjax import nn as rnn
+from rxjax import optim
 from rxjax import periphery
 
 # ---------------------------------------------------------------------------
@@ -293,14 +294,22 @@ def _checkpoints(workdir: Workdir, phase: str):
 
 def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
           learning_rate: float, spec: crossbar.Spec | None = None,
-          init: dict | None = None) -> dict:
-  """Trains digitally (spec None) or re-trains on a chip (RxNN VII).
+          init: dict | None = None, update: device_lib.UpdateSpec | None = None,
+          program_every: int | None = None) -> dict:
+  """Trains digitally (spec None), re-trains (RxNN VII) or trains on a chip.
 
-  Re-training runs the forward pass on the chip and the backward pass in
-  floating point (`spec.backward == "straight_through"`), with a digital
-  update. The chip is programmed exactly (fresh `G_eff`) at the start of
-  every epoch and reprogrammed with the stored distortion at every step in
-  between (`crossbar.reprogram`). Checkpoints every epoch; resumes.
+  With a spec, the forward pass runs on the chip and the backward pass as
+  `spec.backward` says: "straight_through" (floating point: RxNN
+  re-training) or "transposed_read" (the errors read backwards through the
+  chip: TxSim). With `update`, the optimizer's requested updates go through
+  the device response (`optim.apply_device_response`, TxSim eq. 1) last in
+  the chain; otherwise the update is digital. The chip (one instance, the
+  same all run) is programmed exactly (fresh `G_eff`, ADC ranges calibrated
+  on the current training batch: TxSim IV-B) every `program_every` steps
+  (None: at the start of every epoch) and reprogrammed with the stored
+  distortion at every step in between (`crossbar.reprogram`: TxSim's
+  interpolated FCM; `program_every=1` is the exact FCM every step).
+  Checkpoints every epoch; resumes.
 
   Returns:
     The trained variables.
@@ -310,6 +319,11 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
       model, data.x_train, config.seed)
   steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
   opt = _optimizer(config, steps_per_epoch, epochs, learning_rate)
+  if update is not None:
+    # Raw uint32 key: the optimizer state is checkpointed.
+    opt = optax.chain(opt, optim.apply_device_response(
+        update, spec.device if spec is not None else None,
+        key=jax.random.PRNGKey(config.seed + 1)))
   fresh = {"variables": variables, "opt_state": opt.init(
       variables["params"])}
   manager = _checkpoints(workdir, phase)
@@ -346,25 +360,28 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     return {"variables": variables, "opt_state": opt_state}, chips, loss, acc
 
   program = None
+  chip_key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
   if spec is not None:
-    program = jax.jit(lambda v, k: rnn.program(model, v, run.calib, spec,
-                                               key=k))
+    program = jax.jit(lambda v, x: rnn.program(model, v, x, spec,
+                                               key=chip_key))
   progress = Progress(phase, (epochs - start) * steps_per_epoch)
   for epoch in range(start, epochs):
     key = jax.random.fold_in(jax.random.key(config.seed), epoch)
     chips = None
     if program is not None:
-      chips = program(state["variables"], jax.random.fold_in(key, 1))
+      chips = program(state["variables"], run.calib)
     losses, accs = [], []
-    for x, y in data_lib.batches(data.x_train, data.y_train,
-                                 config.batch_size, key_or_seed=key):
+    for i, (x, y) in enumerate(data_lib.batches(
+        data.x_train, data.y_train, config.batch_size, key_or_seed=key)):
+      if program is not None and program_every and i % program_every == 0:
+        chips = program(state["variables"], x)
       state, chips, loss, acc = step(state, chips, x, y)
       losses.append(loss)
       accs.append(acc)
       progress.update(loss=float(loss))
     test = accuracy(model, state["variables"], data, spec,
                     chips=None if spec is None else program(
-                        state["variables"], jax.random.fold_in(key, 1)),
+                        state["variables"], run.calib),
                     batch_size=config.eval.batch_size)
     metrics = dict(epoch=epoch + 1, loss=float(np.mean(losses)),
                    train_accuracy=float(np.mean(accs)), test_accuracy=test)
@@ -472,6 +489,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f"{len(run.data.y_test)} test images; model: {config.model}",
         flush=True)
   key = jax.random.key(config.seed)
+  if config.mode == "txsim":
+    return _txsim(config, run, wd, start)
   if config.mode == "digital":
     variables = train(config, run, wd, phase="digital",
                       epochs=config.num_epochs,
@@ -479,7 +498,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   elif config.mode == "retrain":
     variables = _load_digital(config, run, wd)
   else:
-    raise ValueError(f"`mode` must be 'digital' or 'retrain', got "
+    raise ValueError(f"`mode` must be 'digital', 'retrain' or 'txsim', got "
                      f"{config.mode!r}")
   summary = {"fp32": wd.result("fp32", lambda: accuracy(
       run.model, variables, run.data, None))}
@@ -519,6 +538,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   summary["seconds"] = time.time() - start
   wd.write_json("summary.json", summary)
   print(table(summary))
+  print(f"  wrote {os.path.join(wd.path, 'summary.json')} "
+        f"({summary['seconds']:.0f} s)")
+  return summary
+
+
+def txsim_specs(config) -> dict:
+  """Cross-Ideal and Cross-NI (spec, update) pairs of a txsim config."""
+  t = config.txsim
+  spec = chip_spec(config.chip).replace(backward="transposed_read")
+  if t.g_eff == "none":
+    spec = spec.replace(wires=circuit.Wires.ideal())
+  elif t.g_eff not in ("exact", "interpolated"):
+    raise ValueError(f"`txsim.g_eff` must be 'exact', 'interpolated' or "
+                     f"'none', got {t.g_eff!r}")
+  return {
+      "cross_ideal": (spec.cross_ideal(), device_lib.UpdateSpec.ideal()),
+      "cross_ni": (spec, device_lib.UpdateSpec(nu=t.nu, gamma=t.gamma)),
+  }
+
+
+def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
+  """TxSim: digital, Cross-Ideal and Cross-NI training from one init."""
+  t = config.txsim
+  every = 1 if t.g_eff == "exact" else t.interval
+  summary = {}
+  digital = train(config, run, wd, phase="digital", epochs=config.num_epochs,
+                  learning_rate=config.learning_rate)
+  summary["digital"] = wd.result("digital", lambda: accuracy(
+      run.model, digital, run.data, None))
+  for name, (spec, update) in txsim_specs(config).items():
+    variables = train(config, run, wd, phase=name, epochs=config.num_epochs,
+                      learning_rate=config.learning_rate, spec=spec,
+                      update=update, program_every=every)
+    summary[name] = wd.result(name, lambda: evaluate_on_chip(
+        run, variables, spec.replace(backward="straight_through"),
+        key=jax.random.fold_in(jax.random.key(config.seed), 1_000_003)))
+    print(f"  {name}: {summary[name]:.4f}", flush=True)
+  summary["seconds"] = time.time() - start
+  wd.write_json("summary.json", summary)
+  print("| trained on | test accuracy |\n|---|---|\n" + "\n".join(
+      f"| {k} | {summary[k]:.4f} |" for k in ("digital", "cross_ideal",
+                                               "cross_ni")))
   print(f"  wrote {os.path.join(wd.path, 'summary.json')} "
         f"({summary['seconds']:.0f} s)")
   return summary
