@@ -37,6 +37,11 @@ def _config(**changes):
   config.eval.calibration_size = 64
   config.retrain.num_epochs = 0
   config.retrain.tile_size = 16
+  return _override(config, changes)
+
+
+def _override(config, changes):
+  """Sets dotted fields ("retrain.num_epochs") like command-line flags."""
   for k, v in changes.items():
     node = config
     *path, leaf = k.split(".")
@@ -196,13 +201,7 @@ def _txsim_config(**changes):
   config.model = "mlp"
   config.num_epochs = 1
   config.batch_size = 64
-  for k, v in changes.items():
-    node = config
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
-  return config
+  return _override(config, changes)
 
 
 def test_txsim_with_every_non_ideality_off_is_digital_sgd(tmp_path):
