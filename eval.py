@@ -9,26 +9,7 @@ with variation in one vmapped call; writes DIR/eval.json and prints a
 Markdown table.
 """
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from rxjax import experiment
-  import jax
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  print(f"  devices: {jax.devices()}", flush=True)
-  experiment.evaluate(_CONFIG.value, _WORKDIR.value)
-
+from rxjax import cli
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run("evaluate")

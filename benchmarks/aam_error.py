@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import tempfile
 import time
 
 # One OpenBLAS thread (see benchmarks/characterize.py): the exact model's
@@ -64,6 +63,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import colors  # noqa: E402
 import numpy as np  # noqa: E402
 
+import _common  # noqa: E402  (benchmarks/_common.py)
 from rxjax import circuit  # noqa: E402
 
 TILE = 64
@@ -258,10 +258,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed calls, best kept (default 7)")
   args = parser.parse_args()
-  if args.out is None:
-    args.out = (tempfile.mkdtemp(prefix="rxjax_aam_") if args.quick
-                else "docs/figures")
-  os.makedirs(args.out, exist_ok=True)
+  args.out = _common.output_dir(args.out, args.quick, "rxjax_aam_")
   n_states = args.states or (2 if args.quick else 16)
   n_inputs = args.inputs or (4 if args.quick else 32)
   batch = args.batch or (8 if args.quick else 64)

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import tempfile
 import time
 
 # One OpenBLAS thread: the 64 x 64 inverses of the exact model are LAPACK
@@ -69,6 +68,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import _common  # noqa: E402  (benchmarks/_common.py)
 from rxjax import circuit, device, spice  # noqa: E402
 
 R_MIN, R_MAX = 100e3, 1e6  # ohm: ReRAM
@@ -350,10 +350,7 @@ def main():
                       help="Monte-Carlo chip instances (2f); default 1000")
   args = parser.parse_args()
 
-  if args.out is None:
-    args.out = (tempfile.mkdtemp(prefix="rxjax_characterize_") if args.quick
-                else "docs/figures")
-  os.makedirs(args.out, exist_ok=True)
+  args.out = _common.output_dir(args.out, args.quick, "rxjax_characterize_")
   sizes = [8, 16, 32] if args.quick else [8, 16, 32, 64, 128, 256]
   tile = 32 if args.quick else TILE
   samples = args.samples or (20 if args.quick else 1000)

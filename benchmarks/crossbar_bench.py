@@ -45,18 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import _common  # benchmarks/_common.py
 import rxjax
 from rxjax import crossbar
-
-
-def _best(fn, *args, repeats=7):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def _vmm_spec(device_bits, dac_bits):
@@ -75,7 +66,7 @@ def bench_vmm(batch):
   w = jax.random.normal(jax.random.fold_in(key, 2), (k, n), jnp.float32)
   w = w / np.sqrt(k)
   plain = jax.jit(lambda x, w: x @ w)
-  t_plain = _best(plain, x, w)
+  t_plain = _common.best(plain, x, w)
   rows = {}
   for name, device_bits, dac_bits in (("1slice", 8, 8), ("sliced", 2, 1)):
     spec = _vmm_spec(device_bits, dac_bits)
@@ -85,7 +76,7 @@ def bench_vmm(batch):
     start = time.perf_counter()
     read.lower(x, chip).compile()
     compile_s = time.perf_counter() - start
-    t_read = _best(read, x, chip)
+    t_read = _common.best(read, x, chip)
     s, p = chip.g.shape[:2]
     cycles = rxjax.periphery.n_cycles(spec.dac)
     products = s * p * cycles
@@ -95,7 +86,7 @@ def bench_vmm(batch):
     else:
       xs = jnp.tile(x, (cycles, 1))
       ws = jnp.tile(w, (1, s * p))
-      t_ref = _best(plain, xs, ws)
+      t_ref = _common.best(plain, xs, ws)
       ref_name = f"{products} products as one [{cycles}B,K]@[K,{s * p}N] GEMM"
       ratio = t_read / t_ref
     err = float(jnp.linalg.norm(read(x, chip) - x @ w) / jnp.linalg.norm(x @ w))

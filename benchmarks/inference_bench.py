@@ -27,25 +27,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import _common  # benchmarks/_common.py
 import rxjax  # noqa: F401  (thread settings)
 from rxjax import circuit, crossbar, data, device, models, periphery
 from rxjax import nn as rnn
-
-
-def _best(fn, *args, repeats=5):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def one_slice_spec(inputs="signed") -> crossbar.Spec:
@@ -61,14 +51,14 @@ def overhead(name, shape, repeats):
   model = models.get(name, num_classes=10)
   x = jax.random.uniform(jax.random.key(0), (256,) + shape, jnp.float32)
   variables = jax.jit(model.init)(jax.random.key(1), x[:1])
-  native = _best(jax.jit(model.apply), variables, x, repeats=repeats)
+  native = _common.best(jax.jit(model.apply), variables, x, repeats=repeats)
   out = {"native_ms": native * 1e3}
   for label, spec in (("one_slice", one_slice_spec()),
                       ("default", crossbar.Spec())):
     chips = jax.jit(lambda k: rnn.program(model, variables, x, spec, key=k))(
         jax.random.key(2))
     run = jax.jit(lambda c, x: rnn.apply(model, variables, c, x, spec))
-    t = _best(run, chips, x, repeats=repeats)
+    t = _common.best(run, chips, x, repeats=repeats)
     out[f"{label}_ms"] = t * 1e3
     out[f"{label}_overhead"] = t / native
   print(f"{name} batch 256: native {native * 1e3:.2f} ms; one slice "
@@ -95,8 +85,8 @@ def monte_carlo(n_chips, repeats):
   single = jax.jit(one)
   batched = jax.jit(jax.vmap(one))
   loop = lambda keys: jnp.stack([single(k) for k in keys])
-  t_vmap = _best(batched, keys, repeats=repeats)
-  t_loop = _best(loop, keys, repeats=max(1, repeats // 2))
+  t_vmap = _common.best(batched, keys, repeats=repeats)
+  t_loop = _common.best(loop, keys, repeats=max(1, repeats // 2))
   acc_v, acc_l = batched(keys), loop(keys)
   agree = float(jnp.max(jnp.abs(acc_v - acc_l)))
   print(f"LeNet-5 x {n_chips} chips on 1000 digits: vmapped {t_vmap:.2f} s, "

@@ -4,13 +4,14 @@ import os as _os
 
 
 def _limit_blas_threads():
-  """Runs the BLAS/LAPACK libraries that JAX's CPU solvers call on one thread.
+  """Runs the BLAS/LAPACK libraries that JAX's CPU `jnp.linalg` calls on one thread.
 
-  The batched `N x N` inversions of the circuit solve go to scipy's OpenBLAS;
-  its worker threads compete with XLA's own thread pool. Measured on a
-  2-core CPU: 64 x 64 float32 `G_eff` 4.9 ms per tile with one BLAS thread
-  against 7-10 ms with the default, and ~1 s per tile when another process
-  holds a core. Set RXJAX_BLAS_THREADS to another count to override, or to
+  The circuit solve no longer calls LAPACK (see `circuit._mmatrix_inv`); the
+  limit stays for `jnp.linalg` elsewhere (references, user code), whose
+  OpenBLAS worker threads compete with XLA's own pool on a small CPU. When
+  the solve still used LAPACK it measured, on a 2-core CPU, 4.9 ms per
+  64 x 64 float32 `G_eff` tile with one BLAS thread against 7-10 ms with the
+  default. Set RXJAX_BLAS_THREADS to another count to override, or to
   "default" to leave the libraries alone.
   """
   setting = _os.environ.get("RXJAX_BLAS_THREADS", "1")

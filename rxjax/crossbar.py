@@ -519,8 +519,8 @@ def _trim(chip: Chip, spec: Spec) -> Chip:
   unused rows are dropped unless the exact DAC couples the rows
   ("divider_exact"); with one tile column of differential pairs the unused
   columns are dropped when the DAC voltage does not depend on the row load
-  ("ideal"). Conv layers with few channels (LeNet's 25 x 6) read 10-100x
-  fewer currents.
+  ("ideal"). LeNet-5's first convolution, a 25 x 6 matrix on a 64 x 64
+  tile, then reads 6 of 64 columns through 25 of 64 rows.
   """
   s, p, tr, tc, m, n = chip.g.shape
   rows = chip.fan_in if (tr == 1 and spec.dac.model != "divider_exact") else m

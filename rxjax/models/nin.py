@@ -52,8 +52,11 @@ class _MLPConv(nn.Module):
     return x
 
 
-class NiNCifar(nn.Module):
-  """The CIFAR-10 Network in Network (9 convolutions).
+class _NiNBase(nn.Module):
+  """mlpconv blocks, each but the last followed by a ceil-mode 3/2 pool.
+
+  Subclasses set `blocks`: (widths of the block's convolutions without the
+  last block's classes, kernel, stride, padding, pooling after or None).
 
   Attributes:
     num_classes: channels of the last 1x1 convolution (= logits).
@@ -62,71 +65,53 @@ class NiNCifar(nn.Module):
   num_classes: int
   final_relu: bool = True
 
+  blocks: ClassVar[tuple] = ()
+  min_input: ClassVar[int] = 1
+
+  def __post_init__(self):
+    _layers.check_num_classes(self.num_classes)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Logits of a batch of images.
+
+    Args:
+      x: [B, H, W, C] images, float.
+      train: unused (no batch norm, dropout left out).
+
+    Returns:
+      [B, num_classes] logits.
+    """
+    del train
+    _layers.check_input(x, self.min_input, type(self).__name__)
+    for i, (widths, kernel, stride, pad, pool) in enumerate(self.blocks):
+      last = i == len(self.blocks) - 1
+      if last:
+        widths = widths + (self.num_classes,)
+      x = _MLPConv(widths, kernel, stride, pad,
+                   self.final_relu if last else True, name=f"block{i + 1}")(x)
+      if pool is not None:
+        x = _layers.pool(x, pool, 3, 2, ceil_mode=True, name=f"pool{i + 1}")
+    return _layers.global_avg_pool(x)
+
+
+class NiNCifar(_NiNBase):
+  """The CIFAR-10 Network in Network (9 convolutions; 32 x 32 x 3 input)."""
+
+  blocks: ClassVar[tuple] = (((192, 160, 96), 5, 1, 2, "max"),
+                             ((192, 192, 192), 5, 1, 2, "avg"),
+                             ((192, 192), 3, 1, 1, None))
   # Ceil-mode 3/2 pooling twice: 4 -> 2 -> 1.
   min_input: ClassVar[int] = 4
 
-  def __post_init__(self):
-    _layers.check_num_classes(self.num_classes)
-    super().__post_init__()
 
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    """Logits of a batch of images.
+class NiN(_NiNBase):
+  """The ImageNet Network in Network (12 convolutions; 224 x 224 x 3)."""
 
-    Args:
-      x: [B, H, W, C] images, float (32 x 32 x 3 for CIFAR).
-      train: unused (no batch norm, dropout left out).
-
-    Returns:
-      [B, num_classes] logits.
-    """
-    del train
-    _layers.check_input(x, self.min_input, "NiNCifar")
-    x = _MLPConv((192, 160, 96), 5, 1, 2, name="block1")(x)
-    x = _layers.pool(x, "max", 3, 2, ceil_mode=True, name="pool1")
-    x = _MLPConv((192, 192, 192), 5, 1, 2, name="block2")(x)
-    x = _layers.pool(x, "avg", 3, 2, ceil_mode=True, name="pool2")
-    x = _MLPConv((192, 192, self.num_classes), 3, 1, 1, self.final_relu,
-                 name="block3")(x)
-    return _layers.global_avg_pool(x)
-
-
-class NiN(nn.Module):
-  """The ImageNet Network in Network (12 convolutions).
-
-  Attributes:
-    num_classes: channels of the last 1x1 convolution (= logits).
-    final_relu: apply the released model's ReLU to the last convolution.
-  """
-  num_classes: int
-  final_relu: bool = True
-
+  blocks: ClassVar[tuple] = (((96, 96, 96), 11, 4, 0, "max"),
+                             ((256, 256, 256), 5, 1, 2, "max"),
+                             ((384, 384, 384), 3, 1, 1, "max"),
+                             ((1024, 1024), 3, 1, 1, None))
   # 39 -> conv1 8 -> pools 4, 2, 1 (ceil-mode 3/2 needs an axis >= 2).
   min_input: ClassVar[int] = 39
-
-  def __post_init__(self):
-    _layers.check_num_classes(self.num_classes)
-    super().__post_init__()
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    """Logits of a batch of images.
-
-    Args:
-      x: [B, H, W, C] images, float (224 x 224 x 3 for ImageNet).
-      train: unused (no batch norm, dropout left out).
-
-    Returns:
-      [B, num_classes] logits.
-    """
-    del train
-    _layers.check_input(x, self.min_input, "NiN")
-    x = _MLPConv((96, 96, 96), 11, 4, 0, name="block1")(x)
-    x = _layers.pool(x, "max", 3, 2, ceil_mode=True, name="pool1")
-    x = _MLPConv((256, 256, 256), 5, 1, 2, name="block2")(x)
-    x = _layers.pool(x, "max", 3, 2, ceil_mode=True, name="pool2")
-    x = _MLPConv((384, 384, 384), 3, 1, 1, name="block3")(x)
-    x = _layers.pool(x, "max", 3, 2, ceil_mode=True, name="pool3")
-    x = _MLPConv((1024, 1024, self.num_classes), 3, 1, 1, self.final_relu,
-                 name="block4")(x)
-    return _layers.global_avg_pool(x)
