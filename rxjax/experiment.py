@@ -22,6 +22,7 @@ repeat them), metrics and the summary.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -126,13 +127,7 @@ class Workdir:
       self.write_json("config.json", mine)
 
   def write_json(self, name: str, value) -> str:
-    path = os.path.join(self.path, name)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(value, f, indent=2, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, path)  # Atomic: a killed run leaves the old file.
-    return path
+    return _write_json(os.path.join(self.path, name), value)
 
   def read_json(self, name: str, default=None):
     path = os.path.join(self.path, name)
@@ -159,6 +154,15 @@ class Workdir:
       results[name] = _plain(compute())
       self.write_json("results.json", results)
     return results[name]
+
+
+def _write_json(path: str, value) -> str:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)  # Atomic: a killed run leaves the old file.
+  return path
 
 
 def _tensorboard(path):
@@ -204,8 +208,9 @@ class Progress:
       self.last = now
       rate = self.done / max(now - self.start, 1e-9)
       eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-      more = "".join(f", {k} {v:.4g}" if isinstance(v, float) else
-                     f", {k} {v}" for k, v in extra.items())
+      # Values may be device arrays: read back only when printing, so that
+      # a training loop never waits for its step to finish.
+      more = "".join(f", {k} {float(v):.4g}" for k, v in extra.items())
       print(f"  {self.phase}: {100 * self.done / self.total:3.0f}% "
             f"{self.done}/{self.total} {self.unit}, {rate:.3g} {self.unit}/s,"
             f" ETA {_duration(eta)}{more}", file=self.stream, flush=True)
@@ -292,6 +297,48 @@ def _checkpoints(workdir: Workdir, phase: str):
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
 
 
+def train_step(model, opt: optax.GradientTransformation,
+               spec: crossbar.Spec | None = None, *, has_stats: bool = False):
+  """The jitted training step that `train` runs.
+
+  `step(state, chips, x, y) -> (state, chips, loss, accuracy)` with `state =
+  {"variables", "opt_state"}`. Digital when `spec` is None (`chips` is then
+  ignored); otherwise the forward pass runs on `chips` (from
+  `rxjax.nn.program`), reprogrammed with their stored distortion to the
+  current weights (`refresh=True`: TxSim's interpolated FCM), and the
+  backward pass as `spec.backward` says. Benchmarks time this function.
+  """
+  mutable = ["batch_stats"] if has_stats else []
+
+  def loss_fn(params, variables, chips, x, y):
+    v = {**variables, "params": params}
+    kw = dict(train=True)
+    if spec is None:
+      out = model.apply(v, x, mutable=mutable, **kw) if mutable else (
+          model.apply(v, x, **kw), {})
+      logits, new = out
+    else:
+      logits, new = rnn.apply(model, v, chips, x, spec, refresh=True,
+                              mutable=mutable, **kw)
+    return _cross_entropy(logits, y), (logits, new)
+
+  @jax.jit
+  def step(state, chips, x, y):
+    variables, opt_state = state["variables"], state["opt_state"]
+    (loss, (logits, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        variables["params"], variables, chips, x, y)
+    updates, opt_state = opt.update(grads, opt_state, variables["params"])
+    params = optax.apply_updates(variables["params"], updates)
+    variables = {**variables, "params": params}
+    if has_stats:
+      variables["batch_stats"] = new["batch_stats"]
+    chips = new.get(rnn.COLLECTION, chips)
+    acc = jnp.mean(jnp.argmax(logits, -1) == y)
+    return {"variables": variables, "opt_state": opt_state}, chips, loss, acc
+
+  return step
+
+
 def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
           learning_rate: float, spec: crossbar.Spec | None = None,
           init: dict | None = None, update: device_lib.UpdateSpec | None = None,
@@ -330,40 +377,12 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   state, start = _restore_or(manager, fresh, phase)
   if start:
     print(f"  {phase}: resumed after epoch {start}", flush=True)
-  has_stats = "batch_stats" in variables
-  mutable = ["batch_stats"] if has_stats else []
-
-  def loss_fn(params, variables, chips, x, y):
-    v = {**variables, "params": params}
-    kw = dict(train=True)
-    if spec is None:
-      out = model.apply(v, x, mutable=mutable, **kw) if mutable else (
-          model.apply(v, x, **kw), {})
-      logits, new = out
-    else:
-      logits, new = rnn.apply(model, v, chips, x, spec, refresh=True,
-                              mutable=mutable, **kw)
-    return _cross_entropy(logits, y), (logits, new)
-
-  @jax.jit
-  def step(state, chips, x, y):
-    variables, opt_state = state["variables"], state["opt_state"]
-    (loss, (logits, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        variables["params"], variables, chips, x, y)
-    updates, opt_state = opt.update(grads, opt_state, variables["params"])
-    params = optax.apply_updates(variables["params"], updates)
-    variables = {**variables, "params": params}
-    if has_stats:
-      variables["batch_stats"] = new["batch_stats"]
-    chips = new.get(rnn.COLLECTION, chips)
-    acc = jnp.mean(jnp.argmax(logits, -1) == y)
-    return {"variables": variables, "opt_state": opt_state}, chips, loss, acc
+  step = train_step(model, opt, spec, has_stats="batch_stats" in variables)
 
   program = None
   chip_key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
   if spec is not None:
-    program = jax.jit(lambda v, x: rnn.program(model, v, x, spec,
-                                               key=chip_key))
+    program = functools.partial(program_fn(model, spec), key=chip_key)
   progress = Progress(phase, (epochs - start) * steps_per_epoch)
   for epoch in range(start, epochs):
     key = jax.random.fold_in(jax.random.key(config.seed), epoch)
@@ -378,7 +397,7 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
       state, chips, loss, acc = step(state, chips, x, y)
       losses.append(loss)
       accs.append(acc)
-      progress.update(loss=float(loss))
+      progress.update(loss=loss)
     test = accuracy(model, state["variables"], data, spec,
                     chips=None if spec is None else program(
                         state["variables"], run.calib),
@@ -413,15 +432,23 @@ def accuracy(model, variables, data, spec, *, chips=None, key=None,
   return correct / len(data.y_test)
 
 
+@functools.lru_cache(maxsize=None)
+def program_fn(model, spec):
+  """`rnn.program(model, variables, x, spec, key=key)` as a function of
+  `(variables, x, key)`, compiled once per (model, spec)."""
+  return jax.jit(lambda v, x, key: rnn.program(model, v, x, spec, key=key))
+
+
+@functools.lru_cache(maxsize=None)
 def _logits_fn(model, spec):
+  """Compiled once per (model, spec), not once per evaluation."""
   return jax.jit(lambda v, c, x: rnn.apply(model, v, c, x, spec))
 
 
 def evaluate_on_chip(run: Setup, variables, spec, *, key) -> float:
   """Programs one chip instance (calibrated on the run's calibration set)
   and returns its test accuracy."""
-  chips = jax.jit(lambda v, k: rnn.program(run.model, v, run.calib, spec,
-                                           key=k))(variables, key)
+  chips = program_fn(run.model, spec)(variables, run.calib, key=key)
   return accuracy(run.model, variables, run.data, spec, chips=chips)
 
 
@@ -549,9 +576,11 @@ def txsim_specs(config) -> dict:
   spec = chip_spec(config.chip).replace(backward="transposed_read")
   if t.g_eff == "none":
     spec = spec.replace(wires=circuit.Wires.ideal())
+  elif t.g_eff == "aam":
+    spec = spec.replace(solver="aam", aam_paths=t.aam_paths)
   elif t.g_eff not in ("exact", "interpolated"):
-    raise ValueError(f"`txsim.g_eff` must be 'exact', 'interpolated' or "
-                     f"'none', got {t.g_eff!r}")
+    raise ValueError(f"`txsim.g_eff` must be 'exact', 'interpolated', 'aam' "
+                     f"or 'none', got {t.g_eff!r}")
   return {
       "cross_ideal": (spec.cross_ideal(), device_lib.UpdateSpec.ideal()),
       "cross_ni": (spec, device_lib.UpdateSpec(nu=t.nu, gamma=t.gamma)),
@@ -561,7 +590,7 @@ def txsim_specs(config) -> dict:
 def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
   """TxSim: digital, Cross-Ideal and Cross-NI training from one init."""
   t = config.txsim
-  every = 1 if t.g_eff == "exact" else t.interval
+  every = t.interval if t.g_eff == "interpolated" else 1
   summary = {}
   digital = train(config, run, wd, phase="digital", epochs=config.num_epochs,
                   learning_rate=config.learning_rate)
@@ -585,38 +614,45 @@ def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
   return summary
 
 
-def _load_digital(config, run: Setup, wd: Workdir):
-  source = config.init_workdir or wd.path
-  fresh = _init_variables(run.model, run.data.x_train, config.seed)
-  path = os.path.join(os.path.abspath(source), "checkpoints", "digital")
+def _latest_variables(path: str, fresh) -> tuple[dict, int] | None:
+  """The variables of the newest checkpoint under `path`, or None.
+
+  Checked against `fresh` (the config's model): a checkpoint of another
+  model, or one that cannot be read, raises a ValueError naming it.
+  """
   if not os.path.isdir(path):
-    raise FileNotFoundError(
-        f"mode 'retrain' needs a digital checkpoint: {path} does not exist "
-        "(set --config.init_workdir to the work directory of a digital run)")
+    return None
   manager = ocp.CheckpointManager(path)
   step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {path}")
   try:
-    restored = manager.restore(step, args=ocp.args.StandardRestore(
-        {"variables": fresh}), )
-  except Exception:  # pylint: disable=broad-except
-    restored = None
-  if restored is None:
-    # The digital checkpoints hold the optimizer state too: restore the
-    # whole tree with the optimizer of the digital phase.
-    steps = math.ceil(len(run.data.x_train) / config.batch_size)
-    opt = _optimizer(config, steps, config.num_epochs, config.learning_rate)
-    tree = {"variables": fresh, "opt_state": opt.init(fresh["params"])}
+    if step is None:
+      return None
     try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(tree))
+      restored = manager.restore(step)
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(
-          f"cannot restore the digital checkpoint {path}/{step}: corrupt or "
-          f"not made with this model/config ({type(e).__name__}: "
-          f"{str(e)[:300]})") from e
-  manager.close()
-  return restored["variables"]
+      raise ValueError(f"cannot read checkpoint {path}/{step}: corrupt "
+                       f"({type(e).__name__}: {str(e)[:300]})") from e
+  finally:
+    manager.close()
+  variables = jax.tree.map(jnp.asarray, dict(restored["variables"]))
+  if (jax.tree.structure(variables) != jax.tree.structure(fresh)
+      or jax.tree.map(jnp.shape, variables) != jax.tree.map(jnp.shape,
+                                                            fresh)):
+    raise ValueError(f"checkpoint {path}/{step} does not match the model of "
+                     "this config")
+  return variables, step
+
+
+def _load_digital(config, run: Setup, wd: Workdir):
+  source = config.init_workdir or wd.path
+  path = os.path.join(os.path.abspath(source), "checkpoints", "digital")
+  fresh = _init_variables(run.model, run.data.x_train, config.seed)
+  found = _latest_variables(path, fresh)
+  if found is None:
+    raise FileNotFoundError(
+        f"mode 'retrain' needs a digital checkpoint: {path} has none (set "
+        "--config.init_workdir to the work directory of a digital run)")
+  return found[0]
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -633,31 +669,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "--workdir first")
   run = setup(config)
   fresh = _init_variables(run.model, run.data.x_train, config.seed)
-  network, variables = None, None
   for phase in ("retrain", "digital"):
-    path = os.path.join(wd, "checkpoints", phase)
-    if not os.path.isdir(path):
-      continue
-    manager = ocp.CheckpointManager(path)
-    step = manager.latest_step()
-    if step is None:
-      continue
-    meta = manager.item_metadata(step)
-    del meta
-    try:
-      restored = manager.restore(step)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"cannot read checkpoint {path}/{step}: corrupt "
-                       f"({type(e).__name__}: {str(e)[:300]})") from e
-    variables = jax.tree.map(jnp.asarray, restored["variables"])
-    if (jax.tree.structure(variables) != jax.tree.structure(fresh)
-        or jax.tree.map(jnp.shape, variables) != jax.tree.map(jnp.shape,
-                                                              fresh)):
-      raise ValueError(f"checkpoint {path}/{step} does not match model "
-                       f"{config.model!r} of this config")
-    network = f"{phase} (epoch {step})"
-    break
-  if variables is None:
+    found = _latest_variables(os.path.join(wd, "checkpoints", phase), fresh)
+    if found is not None:
+      variables, step = found
+      network = f"{phase} (epoch {step})"
+      break
+  else:
     raise FileNotFoundError(f"no checkpoint under {wd}/checkpoints")
   key = jax.random.key(config.seed)
   size = config.chip.tile_size
@@ -676,10 +694,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batch_size=config.eval.batch_size)
     result["chips"]["tile_size"] = size
   result["seconds"] = time.time() - start
-  path = os.path.join(wd, "eval.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  path = _write_json(os.path.join(wd, "eval.json"), result)
   print(table(result))
   print(f"  wrote {path} ({result['seconds']:.0f} s)")
   return result
