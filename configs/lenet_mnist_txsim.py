@@ -32,11 +32,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.txsim = ml_collections.ConfigDict()
   config.txsim.nu = 0.01  # Update non-linearity factor (TxSim eq. 1).
   config.txsim.gamma = 5.0  # Write-noise factor (TxSim eq. 1).
-  # How often G_eff is solved exactly: "exact" (every step),
-  # "interpolated" (every `interval` steps, stored distortion in between:
-  # TxSim IV-D) or "none" (ideal wires).
+  # How G_eff follows the weights: "exact" (solved every step),
+  # "interpolated" (solved every `interval` steps, the stored distortion
+  # (G_ideal - G_eff) / G_ideal reused in between: TxSim IV-D), "aam"
+  # (TxSim's approximate analytical model every step, `aam_paths` path
+  # families; not for low-resistance devices, see circuit.aam_conductance)
+  # or "none" (ideal wires).
   config.txsim.g_eff = "interpolated"
   config.txsim.interval = 10  # L, steps between exact solves.
+  config.txsim.aam_paths = 3  # AAM path families (>= 1), g_eff "aam" only.
   config.eval.num_chips = 0
   config.retrain.num_epochs = 0
   return config

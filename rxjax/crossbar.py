@@ -50,6 +50,7 @@ from rxjax import periphery
 
 _BACKWARD_MODES = ("straight_through", "transposed_read")
 _INPUTS = ("signed", "non_negative")
+_SOLVERS = ("exact", "aam")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,13 @@ class Spec:
       non-ideal chip; TxSim). Weight gradients are the ideal `x.T @ dy`.
     inputs: "signed" (two passes) or "non_negative" (one pass; negative
       inputs clip to 0).
+    solver: how `G_eff` is computed when a chip is programmed: "exact"
+      (`circuit.effective_conductance`, the Fast Crossbar Model) or "aam"
+      (`circuit.aam_conductance`, TxSim's approximate analytical model:
+      25-35x cheaper, accurate only while the wires are small against the
+      devices; its docstring says where not to use it).
+    aam_paths: path families the AAM keeps (`aam_conductance(paths=...)`),
+      an int >= 1; used only with `solver="aam"`.
   """
 
   mapping: mapping_lib.MappingSpec = mapping_lib.MappingSpec()
@@ -84,6 +92,8 @@ class Spec:
   adc: periphery.ADCSpec = periphery.ADCSpec()
   backward: str = "straight_through"
   inputs: str = "signed"
+  solver: str = "exact"
+  aam_paths: int = 3
 
   def __post_init__(self):
     checks = (("mapping", mapping_lib.MappingSpec),
@@ -95,6 +105,11 @@ class Spec:
                         f"{getattr(self, name)!r}")
     _checks.check_choice("backward", self.backward, _BACKWARD_MODES)
     _checks.check_choice("inputs", self.inputs, _INPUTS)
+    _checks.check_choice("solver", self.solver, _SOLVERS)
+    if (isinstance(self.aam_paths, bool)
+        or not isinstance(self.aam_paths, int) or self.aam_paths < 1):
+      raise ValueError(f"`aam_paths` must be an int >= 1, got "
+                       f"{self.aam_paths!r}")
     if (self.backward == "transposed_read"
         and self.dac.model == "divider_exact"):
       raise ValueError(
@@ -221,14 +236,18 @@ def _map_and_vary(w, spec: Spec, key):
 
 
 def _effective(g, spec: Spec):
-  """(forward, backward or None) G_eff of tiles `[..., M, N]`."""
+  """(forward, backward or None) G_eff of tiles `[..., M, N]`, by
+  `spec.solver`."""
   if _wires_ideal(spec.wires):
     return g, (g if spec.backward == "transposed_read" else None)
-  g_eff = circuit.effective_conductance(g, spec.wires)
+  if spec.solver == "aam":
+    solve = functools.partial(circuit.aam_conductance, paths=spec.aam_paths)
+  else:
+    solve = circuit.effective_conductance
+  g_eff = solve(g, spec.wires)
   g_eff_bwd = None
   if spec.backward == "transposed_read":
-    g_eff_bwd = circuit.effective_conductance(g, spec.wires,
-                                              direction="backward")
+    g_eff_bwd = solve(g, spec.wires, direction="backward")
   return g_eff, g_eff_bwd
 
 

@@ -387,3 +387,29 @@ def test_fold_is_the_linear_read(signed, direction):
   # The chip is not ideal: W_eff differs from w.
   assert float(jnp.abs(w_eff - (w if direction == "forward" else w.T)
                        ).max()) > 1e-3
+
+
+def test_aam_solver_programs_the_aam_conductance():
+  """`solver="aam"` stores `circuit.aam_conductance` of the programmed
+  devices, both directions, and stays close to the exact chip for ReRAM."""
+  spec = _small_tiles(Spec(backward="transposed_read"))
+  aam = spec.replace(solver="aam", aam_paths=2)
+  w = _data(3, 1, 20, 9)[1]
+  key = jax.random.key(4)
+  chip = crossbar.program(w, aam, key=key)
+  exact = crossbar.program(w, spec, key=key)
+  np.testing.assert_array_equal(chip.g, exact.g)
+  np.testing.assert_allclose(
+      chip.g_eff, circuit.aam_conductance(chip.g, spec.wires, paths=2),
+      rtol=1e-12, atol=0)
+  np.testing.assert_allclose(
+      chip.g_eff_bwd, circuit.aam_conductance(
+          chip.g, spec.wires, paths=2, direction="backward"),
+      rtol=1e-12, atol=0)
+  # The devices are 100 kOhm - 1 MOhm: the AAM is within 1e-3 of exact.
+  np.testing.assert_allclose(chip.g_eff, exact.g_eff, rtol=1e-3)
+  assert not np.allclose(chip.g_eff, exact.g_eff, rtol=1e-9, atol=0)
+  with pytest.raises(ValueError, match="solver"):
+    Spec(solver="spice")
+  with pytest.raises(ValueError, match="aam_paths"):
+    Spec(solver="aam", aam_paths=0)
