@@ -59,6 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.learning_rate = 2e-3  # Peak, cosine-decayed to 0.
   config.momentum = 0.9  # SGD momentum (0: none).
   config.weight_decay = 0.0  # L2 weight decay.
+  # Training steps per metrics.jsonl line of running loss / accuracy (0:
+  # once per epoch only); these lines draw the training curves.
+  config.log_every_steps = 25
 
   config.chip = chip_config()
 

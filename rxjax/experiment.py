@@ -47,6 +47,7 @@ from rxjax import models
 from rxjax import nn as rnn
 from rxjax import optim
 from rxjax import periphery
+from rxjax import plots
 
 # ---------------------------------------------------------------------------
 # Config -> spec.
@@ -356,7 +357,9 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   (None: at the start of every epoch) and reprogrammed with the stored
   distortion at every step in between (`crossbar.reprogram`: TxSim's
   interpolated FCM; `program_every=1` is the exact FCM every step).
-  Checkpoints every epoch; resumes.
+  Checkpoints every epoch; resumes. Logs the epoch's metrics (phase
+  `phase`) and, every `config.log_every_steps` steps, the mean training loss
+  and accuracy of those steps (phase `phase + "/steps"`).
 
   Returns:
     The trained variables.
@@ -384,6 +387,7 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   if spec is not None:
     program = functools.partial(program_fn(model, spec), key=chip_key)
   progress = Progress(phase, (epochs - start) * steps_per_epoch)
+  log_every = config.log_every_steps
   for epoch in range(start, epochs):
     key = jax.random.fold_in(jax.random.key(config.seed), epoch)
     chips = None
@@ -398,6 +402,10 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
       losses.append(loss)
       accs.append(acc)
       progress.update(loss=loss)
+      if log_every and (i + 1) % log_every == 0:
+        workdir.log(epoch * steps_per_epoch + i + 1, f"{phase}/steps",
+                    loss=float(np.mean(losses[-log_every:])),
+                    train_accuracy=float(np.mean(accs[-log_every:])))
     test = accuracy(model, state["variables"], data, spec,
                     chips=None if spec is None else program(
                         state["variables"], run.calib),
@@ -606,6 +614,12 @@ def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
     print(f"  {name}: {summary[name]:.4f}", flush=True)
   summary["seconds"] = time.time() - start
   wd.write_json("summary.json", summary)
+  curves = plots.training_curves(
+      wd.path, {"digital": "digital", "cross_ideal": "Cross-Ideal",
+                "cross_ni": "Cross-NI"},
+      title=f"{config.model} trained on crossbars (TxSim): nu = {t.nu}, "
+      f"gamma = {t.gamma}, G_eff {t.g_eff}")
+  print(f"  wrote {curves}")
   print("| trained on | test accuracy |\n|---|---|\n" + "\n".join(
       f"| {k} | {summary[k]:.4f} |" for k in ("digital", "cross_ideal",
                                                "cross_ni")))

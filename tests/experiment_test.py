@@ -242,6 +242,65 @@ def test_txsim_training_on_bundled_mnist_learns(tmp_path):
   experiment.train(config, run, wd, phase="cross_ni", epochs=1,
                    learning_rate=config.learning_rate, spec=spec,
                    update=update, program_every=config.txsim.interval)
-  (line,) = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  assert line["phase"] == "cross_ni"
-  assert line["test_accuracy"] > 0.5  # On the chip; chance is 0.1.
+  from rxjax import plots
+  metrics = plots.read_metrics(str(tmp_path / "metrics.jsonl"))
+  (acc,) = metrics["cross_ni"]["test_accuracy"]
+  assert acc > 0.5  # On the chip; chance is 0.1.
+  # 47 steps, running means every 25 (config.log_every_steps): 1 line.
+  steps = metrics["cross_ni/steps"]
+  assert steps["step"] == [25]
+  assert steps["loss"][0] < np.log(10)  # Below chance-level cross-entropy.
+
+
+def test_read_metrics_keeps_the_last_line_per_step(tmp_path):
+  """A resumed run logs some steps twice; a killed write leaves half a
+  line: the reader keeps the later value and skips the broken line."""
+  from rxjax import plots
+  path = tmp_path / "metrics.jsonl"
+  lines = [{"step": 25, "phase": "a/steps", "loss": 2.0},
+           {"step": 50, "phase": "a/steps", "loss": 1.5},
+           {"step": 25, "phase": "a/steps", "loss": 1.9},  # Resumed.
+           {"step": 63, "phase": "a", "epoch": 1, "test_accuracy": 0.9}]
+  text = "".join(json.dumps(l) + "\n" for l in lines) + '{"step": 5'
+  path.write_text(text)
+  metrics = plots.read_metrics(str(path))
+  assert metrics["a/steps"] == {"step": [25, 50], "loss": [1.9, 1.5]}
+  assert metrics["a"] == {"step": [63], "epoch": [1],
+                          "test_accuracy": [0.9]}
+  png = plots.training_curves(str(tmp_path), {"a": "A"})
+  assert os.path.getsize(png) > 0
+
+
+@pytest.mark.parametrize("name,arg,model,dataset", [
+    ("lenet_mnist_txsim", None, "lenet5", "mnist_bundled"),
+    ("mlp_mnist_txsim", None, "mlp", "mnist_bundled"),
+    ("resnet20_txsim", None, "resnet20", "mnist_bundled"),
+    ("resnet20_txsim", "cifar10", "resnet20", "cifar10")])
+def test_txsim_configs_build_tx_sims_chip(name, arg, model, dataset):
+  """Each TxSim config builds TxSim V's chip and device (64x64 tiles,
+  100 kOhm - 1 MOhm analog devices, nu = 0.01, gamma = 5) for its network."""
+  import importlib
+  from rxjax import circuit
+  config = importlib.import_module(f"configs.{name}").get_config(arg)
+  assert (config.model, config.dataset) == (model, dataset)
+  specs = experiment.txsim_specs(config)
+  spec, update = specs["cross_ni"]
+  assert spec.mapping.tile_rows == spec.mapping.tile_cols == 64
+  assert spec.device.g_max == pytest.approx(1 / 100e3)
+  assert spec.device.g_min == pytest.approx(1 / 1e6)
+  assert spec.device.device_bits is None and spec.device.sigma == 0
+  assert spec.backward == "transposed_read"
+  assert (update.nu, update.gamma) == (0.01, 5.0)
+  ideal, ideal_update = specs["cross_ideal"]
+  assert ideal.wires == circuit.Wires.ideal() and ideal_update.nu == 0
+  config.txsim.g_eff = "aam"
+  assert experiment.txsim_specs(config)["cross_ni"][0].solver == "aam"
+  config.txsim.g_eff = "spice"
+  with pytest.raises(ValueError, match="txsim.g_eff"):
+    experiment.txsim_specs(config)
+
+
+def test_resnet20_config_refuses_an_unknown_argument():
+  from configs import resnet20_txsim
+  with pytest.raises(ValueError, match="cifar10"):
+    resnet20_txsim.get_config("imagenet")
