@@ -55,6 +55,7 @@ def training_curves(workdir: str, phases: dict[str, str], *,
     The path written.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -72,6 +73,7 @@ def training_curves(workdir: str, phases: dict[str, str], *,
   ax_loss.set(xlabel="training step", ylabel="training loss (running mean)",
               yscale="log")
   ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)")
+  ax_acc.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
     ax.legend()
