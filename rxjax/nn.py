@@ -37,6 +37,8 @@ It does not own the read (`crossbar.py`) or what to do with the layers
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import math
 from typing import Any
 
@@ -146,13 +148,63 @@ class _Conv:
 
   def patches(self, x):
     """`[B, *s, C]` -> `[G, B * prod(s'), C / G * prod(k)]` and `s'`."""
-    p = jax.lax.conv_general_dilated_patches(
-        jnp.moveaxis(x, -1, 1), self.k, self.strides, self.padding,
-        lhs_dilation=self.lhs_dilation, rhs_dilation=self.rhs_dilation)
+    p = _patches(jnp.moveaxis(x, -1, 1), self)
     p = jnp.moveaxis(p, 1, -1)
     out_spatial = p.shape[1:-1]
     p = p.reshape(-1, self.groups, p.shape[-1] // self.groups)
     return jnp.moveaxis(p, 1, 0), out_spatial
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _patches(x, conv: _Conv):
+  """`lax.conv_general_dilated_patches` of `[B, C, *s]`: `[B, C * prod(k),
+  *s']`, features ordered channel first, then kernel position."""
+  return jax.lax.conv_general_dilated_patches(
+      x, conv.k, conv.strides, conv.padding, lhs_dilation=conv.lhs_dilation,
+      rhs_dilation=conv.rhs_dilation)
+
+
+def _patches_fwd(x, conv):
+  return _patches(x, conv), x.shape
+
+
+def _patches_bwd(conv, shape, dp):
+  """The adjoint of patch extraction: every kernel position's slice of the
+  patch gradient added back where it was taken from.
+
+  Autodiff transposes the extraction as a grouped convolution with a one-hot
+  filter, which XLA's CPU backend runs as a dense one: for LeNet-5's second
+  convolution at batch 128 that took 123 ms against 12 ms for the whole
+  digital convolution's gradient. Here it is `prod(k)` strided pads and
+  adds, O(prod(k) * |x|).
+  """
+  b, c, *size = shape
+  out = dp.shape[2:]
+  dp = dp.reshape(b, c, *conv.k, *out)
+  dilated = [(n - 1) * d + 1 for n, d in zip(size, conv.lhs_dilation)]
+  pads = conv.padding
+  if isinstance(pads, str):  # As lax.conv_general_dilated resolves it.
+    window = [(k - 1) * d + 1 for k, d in zip(conv.k, conv.rhs_dilation)]
+    pads = jax.lax.padtype_to_pads(dilated, window, conv.strides, pads)
+  padded = [n + lo + hi for n, (lo, hi) in zip(dilated, pads)]
+  total = jnp.zeros((b, c, *padded), dp.dtype)
+  for pos in itertools.product(*(range(k) for k in conv.k)):
+    tap = dp[(slice(None), slice(None)) + pos]
+    config = [(0, 0, 0), (0, 0, 0)]
+    for i, n_out, n_pad, s, d in zip(pos, out, padded, conv.strides,
+                                     conv.rhs_dilation):
+      start = i * d
+      config.append((start, n_pad - start - (n_out - 1) * s - 1, s - 1))
+    total = total + jax.lax.pad(tap, jnp.zeros((), dp.dtype), config)
+  # Undo the padding (crop; negative padding extends) and the dilation.
+  crop = [(0, 0, 0), (0, 0, 0)] + [(-lo, -hi, 0) for lo, hi in pads]
+  dx = jax.lax.pad(total, jnp.zeros((), dp.dtype), crop)
+  dx = dx[(slice(None), slice(None)) + tuple(
+      slice(None, None, d) for d in conv.lhs_dilation)]
+  return (dx,)
+
+
+_patches.defvjp(_patches_fwd, _patches_bwd)
 
 
 # ---------------------------------------------------------------------------

@@ -221,3 +221,29 @@ def test_modes_from_the_same_parameters():
     y[mode] = rnn.apply(model, variables, chips, x, spec)
   # Precision alone costs less than precision plus the circuit.
   assert _rel(y["ideal"], y["digital"]) < _rel(y["nonideal"], y["digital"])
+
+
+@pytest.mark.parametrize("k,strides,padding,lhs_dil,rhs_dil", [
+    ((5, 5), (1, 1), "VALID", (1, 1), (1, 1)),
+    ((3, 3), (2, 2), "SAME", (1, 1), (1, 1)),
+    ((3, 2), (2, 1), ((1, 2), (0, 1)), (1, 1), (2, 1)),
+    ((3, 3), (1, 2), ((1, 1), (2, 0)), (2, 1), (1, 2)),
+    ((3, 3), (1, 1), ((-1, 2), (1, -1)), (1, 1), (1, 1)),
+    ((4,), (3,), ((2, 1),), (1,), (1,)),
+    ((2, 2, 2), (1, 2, 1), "SAME", (1, 1, 1), (1, 1, 1))])
+def test_patch_gradient_equals_autodiff_of_lax_patches(k, strides, padding,
+                                                       lhs_dil, rhs_dil):
+  """The hand-written adjoint of patch extraction (strided pads and adds)
+  equals JAX's own VJP of `lax.conv_general_dilated_patches`."""
+  conv = rnn._Conv(k, strides, padding, lhs_dil, rhs_dil, 1)
+  x = jax.random.normal(jax.random.key(0), (2, 4) + (7,) * len(k),
+                        jnp.float64)
+  ref = lambda x: jax.lax.conv_general_dilated_patches(
+      x, conv.k, conv.strides, conv.padding, lhs_dilation=conv.lhs_dilation,
+      rhs_dilation=conv.rhs_dilation)
+  y, vjp_ref = jax.vjp(ref, x)
+  y_ours, vjp_ours = jax.vjp(lambda x: rnn._patches(x, conv), x)
+  np.testing.assert_array_equal(y_ours, y)
+  dy = jax.random.normal(jax.random.key(1), y.shape, y.dtype)
+  np.testing.assert_allclose(vjp_ours(dy)[0], vjp_ref(dy)[0], rtol=0,
+                             atol=1e-13)
