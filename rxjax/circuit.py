@@ -107,6 +107,24 @@ class Wires:
     """All resistances zero: `effective_conductance(g, Wires.ideal()) == g`."""
     return cls()
 
+  @property
+  def reciprocal(self) -> bool:
+    """True when every line has the same terminal resistance in both reads
+    (the rows' `r_source` is the backward row sense resistance and the
+    columns' `r_sense` the backward column driver's).
+
+    The crossbar is then one linear resistive network read through the same
+    ports both ways, so by reciprocity the backward `G_eff` equals the
+    forward one (`effective_conductance` returns identical arrays; tested).
+    False when a resistance is traced.
+    """
+    _, _, src, sense = self.terminals("backward")
+    values = (self.r_source, self.r_sense, src, sense)
+    if not all(_is_concrete(v) for v in values):
+      return False
+    return float(src) == float(self.r_sense) and float(
+        sense) == float(self.r_source)
+
   def terminals(self, direction: Direction) -> tuple:
     """(r_along_driven_lines, r_along_sensed_lines, r_source, r_sense)."""
     _check_direction(direction)

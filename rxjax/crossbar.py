@@ -247,7 +247,9 @@ def _effective(g, spec: Spec):
   g_eff = solve(g, spec.wires)
   g_eff_bwd = None
   if spec.backward == "transposed_read":
-    g_eff_bwd = solve(g, spec.wires, direction="backward")
+    # Same terminals both ways: the backward solve would repeat the forward.
+    g_eff_bwd = g_eff if spec.wires.reciprocal else solve(
+        g, spec.wires, direction="backward")
   return g_eff, g_eff_bwd
 
 

@@ -391,7 +391,7 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   for epoch in range(start, epochs):
     key = jax.random.fold_in(jax.random.key(config.seed), epoch)
     chips = None
-    if program is not None:
+    if program is not None and not program_every:
       chips = program(state["variables"], run.calib)
     losses, accs = [], []
     for i, (x, y) in enumerate(data_lib.batches(

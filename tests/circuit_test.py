@@ -692,3 +692,25 @@ def test_node_voltages_rejects_bad_direction():
   with pytest.raises(ValueError, match="sideways"):
     circuit.node_voltages(_GOOD_G, np.ones(3), Wires(), direction="sideways")
 
+
+
+def test_reciprocal_wires_read_the_same_g_eff_both_ways():
+  """Reciprocity: with the same terminal on every line in both reads the
+  backward G_eff equals the forward one; with other terminals it does not
+  (so `crossbar` may skip the backward solve only in the first case)."""
+  g = jax.random.uniform(jax.random.key(0), (2, 9, 7), jnp.float64,
+                         minval=1e-6, maxval=1e-5)
+  same = circuit.Wires(r_row=1.0, r_col=4.6, r_source=100.0, r_sense=50.0,
+                       r_source_backward=50.0, r_sense_backward=100.0)
+  other = circuit.Wires(r_row=1.0, r_col=4.6, r_source=100.0, r_sense=50.0)
+  assert same.reciprocal and not other.reciprocal
+  assert circuit.Wires(r_row=1.0, r_source=7.0, r_sense=7.0).reciprocal
+  f, b = (circuit.effective_conductance(g, same, direction=d)
+          for d in ("forward", "backward"))
+  np.testing.assert_allclose(b, f, rtol=1e-12, atol=0)
+  f, b = (circuit.effective_conductance(g, other, direction=d)
+          for d in ("forward", "backward"))
+  assert np.abs(b - f).max() > 1e-3 * np.abs(f).max()
+  traced = jax.jit(lambda r: jnp.asarray(circuit.Wires(
+      r_source=r, r_sense=r).reciprocal))(1.0)
+  assert not traced

@@ -259,12 +259,16 @@ def test_transposed_read_gradient_is_explicit_backward_read():
   assert 1e-4 < err < 0.3
 
 
-@pytest.mark.parametrize("signed", ["differential", "offset"])
-def test_backward_read_matches_node_solves(signed):
-  spec = _small_tiles(_ideal(
-      wires=dataclasses.replace(RERAM_WIRES, r_source_backward=300.0,
-                                r_sense_backward=30.0),
-      backward="transposed_read"))
+@pytest.mark.parametrize("signed,wires", [
+    ("differential", dataclasses.replace(RERAM_WIRES, r_source_backward=300.0,
+                                         r_sense_backward=30.0)),
+    ("offset", dataclasses.replace(RERAM_WIRES, r_source_backward=300.0,
+                                   r_sense_backward=30.0)),
+    # Same terminals both ways: the chip reuses the forward G_eff.
+    ("differential", RERAM_WIRES)])
+def test_backward_read_matches_node_solves(signed, wires):
+  assert wires.reciprocal == (wires is RERAM_WIRES)
+  spec = _small_tiles(_ideal(wires=wires, backward="transposed_read"))
   spec = spec.replace(mapping=dataclasses.replace(spec.mapping, signed=signed))
   x, w = _data(13, 2, 11, 9)
   chip = crossbar.program(w, spec, key=jax.random.key(0))
