@@ -606,7 +606,14 @@ def _read_forward(x, chip: Chip, spec: Spec, key):
 
 
 def _read_backward(dy, chip: Chip, spec: Spec, key):
-  """Transposed read: column drivers, row sense amplifiers (TxSim IV)."""
+  """Transposed read: column drivers, row sense amplifiers (TxSim IV).
+
+  The row ADCs' full scale is calibrated on this error batch (TxSim IV-B):
+  the statistic of the currents of the rows that carry the layer's fan-in
+  (padding rows of a partly filled tile are not digitized). Unused tile
+  columns (driven at 0 V) and, with one tile row, unused rows are left out
+  of the computation exactly.
+  """
   if chip.g_eff_bwd is None:
     raise ValueError("this chip was programmed without backward G_eff: "
                      "program it with spec.backward='transposed_read'")
@@ -615,6 +622,14 @@ def _read_backward(dy, chip: Chip, spec: Spec, key):
     g_bwd = device_lib.read(g_bwd, spec.device, key=key)
   s, p, tr, tc, m, n = chip.g.shape
   offset_scheme = spec.mapping.signed == "offset"
+  if spec.dac.model == "ideal":
+    # Exact trimming: unused columns are driven at 0 V and add no current;
+    # with one tile row, the rows past the fan-in are not read.
+    if tr == 1:
+      m = chip.fan_in
+    if tc == 1 and not offset_scheme:
+      n = chip.fan_out
+    g_bwd = g_bwd[..., :m, :n]
   n_data = n - 1 if offset_scheme else n
   # Errors are signed and their range is not known in advance: scale by the
   # batch's largest magnitude (a digital normalization) and use two passes.
@@ -625,32 +640,51 @@ def _read_backward(dy, chip: Chip, spec: Spec, key):
   u = _pad_to(u, tc * n_data).reshape(u.shape[:-1] + (tc, n_data))
   if offset_scheme:  # The reference column is not driven.
     u = _pad_to(u, n)
-  v = periphery.dac_voltage(u, spec.dac) if spec.dac.model == "ideal" else (
-      _backward_divider(u, g_bwd, spec))
-  if v.ndim == 5:
-    i = jnp.einsum("cqbtn,sprtmn->cqbsprtm", v, g_bwd)
+  c, q, b = u.shape[:3]
+  if spec.dac.model == "ideal":
+    # One GEMM per tile column, [C Q B, N] @ [N, S P Tr M] (XLA's CPU
+    # backend runs the batched einsum several times slower).
+    v = periphery.dac_voltage(u, spec.dac)
+    # [Tc, S P, Tr M, N]; the padding rows of the last tile row are not read.
+    g_t = jnp.moveaxis(g_bwd, 3, 0).reshape(tc, s * p, tr * m, n)
+    m_read = min(tr * m, chip.fan_in)
+    g_t = g_t[:, :, :m_read].reshape(tc, s * p * m_read, n)
+    currents = [jax.lax.dot_general(v[:, :, :, t], g_t[t],
+                                    (((3,), (1,)), ((), ())))
+                for t in range(tc)]  # [C, Q, B, S P m_read] each.
   else:
+    v = _backward_divider(u, g_bwd, spec)
     i = jnp.einsum("cqbsprtn,sprtmn->cqbsprtm", v, g_bwd)
-  # Row ADCs: full scale from this error batch (dynamic range, TxSim IV-B).
-  full_scale = periphery.full_scale(i, spec.adc)
-  i = periphery.adc(i, full_scale, spec.adc)
-  i = i.sum(axis=6)  # Digital sum over column tiles: [C, Q, B, S, P, Tr, M].
-  cw = jnp.asarray(periphery.cycle_weights(spec.dac), i.dtype)
-  sw = jnp.asarray(mapping_lib.slice_weights(spec.mapping, spec.device),
-                   i.dtype)
+    m_read = min(tr * m, chip.fan_in)
+    currents = [i[..., t, :].reshape(c, q, b, s, p, tr * m)[..., :m_read]
+                for t in range(tc)]
+  currents = [i.reshape(c, q, b, s, p, m_read) for i in currents]
+  # Row ADCs: full scale from this error batch (dynamic range, TxSim IV-B),
+  # over the rows read.
+  if spec.adc.calibration == "max":
+    full_scale = periphery.calibrate(
+        functools.reduce(jnp.maximum, [i.max() for i in currents]), "max")
+  else:
+    full_scale = periphery.full_scale(jnp.stack(currents), spec.adc)
+  i = sum(periphery.adc(i, full_scale, spec.adc) for i in currents)
+  # Digital sums over column tiles (above), input cycles and weight slices,
+  # as sums of static slices: [Q, B, P, m_read].
+  cw = [float(k) for k in periphery.cycle_weights(spec.dac)]
+  sw = [float(k) for k in mapping_lib.slice_weights(spec.mapping,
+                                                    spec.device)]
+  acc = sum(i[k, :, :, j] * (cw[k] * sw[j]) for k in range(c)
+            for j in range(s))
   d = spec.device
   unit = spec.dac.v_read * (d.g_max - d.g_min)
-  acc = jnp.einsum("cqbsprm,c,s->qbprm", i, cw, sw)
   if offset_scheme:
     # Baseline of the g_min cells, removed digitally; weight offset as in
     # the forward read.
-    u_sum = jnp.einsum("cqbtn,c->qb", u, cw)
-    base = d.g_min * spec.dac.v_read * sw.sum() * u_sum
-    acc = acc[:, :, 0] - base[:, :, None, None]
-    y = 2 * acc / unit - u_sum[:, :, None, None]
+    u_sum = jnp.einsum("cqbtn,c->qb", u, jnp.asarray(cw, u.dtype))
+    base = d.g_min * spec.dac.v_read * sum(sw) * u_sum
+    acc = acc[:, :, 0] - base[:, :, None]
+    y = 2 * acc / unit - u_sum[:, :, None]
   else:
     y = (acc[:, :, 0] - acc[:, :, 1]) / unit
-  y = y.reshape(y.shape[:2] + (-1,))
   y = y[0] - y[1]
   return y * dy_scale * chip.w_scale
 

@@ -459,3 +459,41 @@ def test_reprogram_interpolates_the_distortion_of_changed_weights():
     errors.append(err)
     np.testing.assert_array_equal(interp.adc_full_scale, chip.adc_full_scale)
   assert errors[0] < errors[1] < errors[2]
+
+
+@pytest.mark.parametrize("fan_in,fan_out", [(7, 5), (20, 9), (20, 13)])
+def test_backward_read_with_adc_matches_numpy(fan_in, fan_out):
+  """The transposed read with bit-streamed errors, 4 slices and 5-bit row
+  ADCs, against NumPy from the chip's backward G_eff: per-tile row currents,
+  ADC range = max current over the rows that carry the fan-in, shift-and-add
+  over cycles and slices, pair subtraction. Covers one tile (rows and
+  columns trimmed), several tile rows (padding rows in the last) and several
+  tile columns."""
+  spec = _small_tiles(Spec(backward="transposed_read",
+                           adc=periphery.ADCSpec(bits=5),
+                           wires=RERAM_WIRES), m=8, n=6)
+  _, w = _data(21, 1, fan_in, fan_out)
+  dy = np.random.default_rng(22).normal(size=(3, fan_out))
+  chip = crossbar.program(w, spec, key=jax.random.key(9))
+  y = crossbar.read(dy, chip, spec, direction="backward")
+
+  g = np.asarray(chip.g_eff_bwd)  # [S, P, Tr, Tc, M, N]
+  s, p, tr, tc, m, n = g.shape
+  scale = np.abs(dy).max()
+  passes = np.stack([np.maximum(dy, 0), np.maximum(-dy, 0)]) / scale
+  u = np.asarray(periphery.stream(passes, spec.dac))  # [C, Q, B, F]
+  u = np.pad(u, [(0, 0)] * 3 + [(0, tc * n - fan_out)])
+  v = u.reshape(u.shape[:3] + (tc, n)) * spec.dac.v_read
+  # Row currents of every tile: [C, Q, B, S, P, Tr, Tc, M].
+  i = np.einsum("cqbtn,sprtmn->cqbsprtm", v, g)
+  rows = np.arange(tr * m).reshape(tr, m) < fan_in  # Rows read.
+  full_scale = i[..., rows[:, None, :].repeat(tc, 1)].max()
+  i = np.asarray(periphery.adc(i, full_scale, spec.adc)).sum(6)
+  cw = periphery.cycle_weights(spec.dac)
+  sw = mapping.slice_weights(spec.mapping, spec.device)
+  acc = np.einsum("cqbsprm,c,s->qbprm", i, cw, sw)
+  d = spec.device
+  z = (acc[:, :, 0] - acc[:, :, 1]) / (spec.dac.v_read * (d.g_max - d.g_min))
+  z = (z[0] - z[1]).reshape(3, -1)[:, :fan_in]
+  np.testing.assert_allclose(y, z * scale * float(chip.w_scale), rtol=1e-9,
+                             atol=1e-12 * np.abs(z).max())
