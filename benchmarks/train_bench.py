@@ -160,7 +160,7 @@ def lenet(config, repeats):
         f"({exact_ratio:.2f}x, goal <= 10x; TxSim: 14x over native GPU)",
         flush=True)
   print(f"  exact step = programming {ms['program']:.2f} ms "
-        f"({ms['g_eff_solve']:.2f} ms G_eff solves forward + backward, "
+        f"({ms['g_eff_solve']:.2f} ms G_eff solves, "
         f"{ms['program_no_solve']:.2f} ms mapping + ADC calibration) + "
         f"step {ms['txsim_step']:.2f} ms "
         f"({t['txsim_step'] / t['digital']:.2f}x digital); the programming is "
