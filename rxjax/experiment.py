@@ -440,14 +440,20 @@ def accuracy(model, variables, data, spec, *, chips=None, key=None,
   return correct / len(data.y_test)
 
 
-@functools.lru_cache(maxsize=None)
+# A few compiled programs per process, not one per chip setting forever:
+# a sweep over 21 chips exhausted the process's memory mappings (LLVM
+# "Unable to allocate section memory") while every program was kept.
+_COMPILED = 8
+
+
+@functools.lru_cache(maxsize=_COMPILED)
 def program_fn(model, spec):
   """`rnn.program(model, variables, x, spec, key=key)` as a function of
   `(variables, x, key)`, compiled once per (model, spec)."""
   return jax.jit(lambda v, x, key: rnn.program(model, v, x, spec, key=key))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=_COMPILED)
 def _logits_fn(model, spec):
   """Compiled once per (model, spec), not once per evaluation."""
   return jax.jit(lambda v, c, x: rnn.apply(model, v, c, x, spec))
