@@ -80,7 +80,7 @@ def _setup(config):
 
 
 def _state(model, opt, x, seed):
-  variables = dict(jax.jit(model.init)(jax.random.key(seed), x[:1]))
+  variables = experiment.init_variables(model, x, seed)
   return {"variables": variables, "opt_state": opt.init(variables["params"])}
 
 

@@ -15,11 +15,11 @@ and the residual additions stay digital. Trains digitally, on Cross-Ideal
 and on Cross-NI from one initialization and writes DIR/summary.json.
 
 Cost: each of the 20 layers is read through its tiles forwards and (for the
-errors) backwards. Measured at batch 32 on the 2-core CPU while two other
-jobs shared it: 3.9 s per Cross-NI step, 10.7 s per exact programming (every
-10 steps), 100 s to compile the programming and 31 s the step; about 10
-minutes per epoch of the bundled digits (125 steps) and 2 hours per CIFAR-10
-epoch (1,563 steps).
+errors) backwards. Measured at batch 32 on the quiet 2-core CPU
+(2026-11-24): 0.50 s per Cross-NI step, 1.35 s per exact programming (every
+10 steps), 13 s to compile the programming and 10 s the step; about 1.5
+minutes per epoch of the bundled digits (125 steps) and 17 minutes per
+CIFAR-10 epoch (1,563 steps).
 """
 
 import ml_collections

@@ -250,7 +250,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   return Setup(model, data, data.x_train[np.sort(idx)])
 
 
-def _init_variables(model, x, seed):
+def init_variables(model, x, seed) -> dict:
+  """The model's initial variables for inputs shaped like `x[:1]`, from
+  `seed` (what `train` starts from)."""
   variables = jax.jit(lambda k: model.init(k, x[:1]))(
       jax.random.key(seed))
   return dict(variables)
@@ -365,7 +367,7 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     The trained variables.
   """
   model, data = run.model, run.data
-  variables = init if init is not None else _init_variables(
+  variables = init if init is not None else init_variables(
       model, data.x_train, config.seed)
   steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
   opt = _optimizer(config, steps_per_epoch, epochs, learning_rate)
@@ -666,7 +668,7 @@ def _latest_variables(path: str, fresh) -> tuple[dict, int] | None:
 def _load_digital(config, run: Setup, wd: Workdir):
   source = config.init_workdir or wd.path
   path = os.path.join(os.path.abspath(source), "checkpoints", "digital")
-  fresh = _init_variables(run.model, run.data.x_train, config.seed)
+  fresh = init_variables(run.model, run.data.x_train, config.seed)
   found = _latest_variables(path, fresh)
   if found is None:
     raise FileNotFoundError(
@@ -688,7 +690,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"{wd}/checkpoints does not exist: run train.py with this "
         "--workdir first")
   run = setup(config)
-  fresh = _init_variables(run.model, run.data.x_train, config.seed)
+  fresh = init_variables(run.model, run.data.x_train, config.seed)
   for phase in ("retrain", "digital"):
     found = _latest_variables(os.path.join(wd, "checkpoints", phase), fresh)
     if found is not None:

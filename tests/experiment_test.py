@@ -62,7 +62,7 @@ def finished(tmp_path_factory):
 def _params(workdir, phase="digital"):
   config = _config()
   run = experiment.setup(config)
-  fresh = experiment._init_variables(run.model, run.data.x_train, 0)
+  fresh = experiment.init_variables(run.model, run.data.x_train, 0)
   steps = -(-len(run.data.x_train) // config.batch_size)
   opt = experiment._optimizer(config, steps, config.num_epochs,
                               config.learning_rate)
