@@ -148,20 +148,55 @@ class _Conv:
 
   def patches(self, x):
     """`[B, *s, C]` -> `[G, B * prod(s'), C / G * prod(k)]` and `s'`."""
-    p = _patches(jnp.moveaxis(x, -1, 1), self)
-    p = jnp.moveaxis(p, 1, -1)
+    p = _patches(x, self)
     out_spatial = p.shape[1:-1]
     p = p.reshape(-1, self.groups, p.shape[-1] // self.groups)
     return jnp.moveaxis(p, 1, 0), out_spatial
 
 
+def _explicit_pads(conv: _Conv, size):
+  """Explicit pads, and the padded (dilated) input extent, per spatial dim."""
+  dilated = [(n - 1) * d + 1 for n, d in zip(size, conv.lhs_dilation)]
+  pads = conv.padding
+  if isinstance(pads, str):  # As lax.conv_general_dilated resolves it.
+    window = [(k - 1) * d + 1 for k, d in zip(conv.k, conv.rhs_dilation)]
+    pads = jax.lax.padtype_to_pads(dilated, window, conv.strides, pads)
+  padded = [n + lo + hi for n, (lo, hi) in zip(dilated, pads)]
+  return pads, padded
+
+
+def _taps(conv: _Conv, out, padded):
+  """Per kernel position: its index and, per spatial dim, (start, stop)."""
+  for pos in itertools.product(*(range(k) for k in conv.k)):
+    yield pos, [(i * d, i * d + (n_out - 1) * s + 1) for i, n_out, s, d in
+                zip(pos, out, conv.strides, conv.rhs_dilation)]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _patches(x, conv: _Conv):
-  """`lax.conv_general_dilated_patches` of `[B, C, *s]`: `[B, C * prod(k),
-  *s']`, features ordered channel first, then kernel position."""
-  return jax.lax.conv_general_dilated_patches(
-      x, conv.k, conv.strides, conv.padding, lhs_dilation=conv.lhs_dilation,
-      rhs_dilation=conv.rhs_dilation)
+  """Patches of `[B, *s, C]`: `[B, *s', C * prod(k)]`, features ordered
+  channel first, then kernel position (as `lax.conv_general_dilated_patches`
+  orders them).
+
+  Gathered as `prod(k)` strided slices of the padded input, channels last
+  throughout. XLA's CPU backend runs `conv_general_dilated_patches` as a
+  dense convolution with a one-hot filter (LeNet-5's second convolution at
+  batch 128: 0.58 GFlop, 12.6 ms of a 64 ms TxSim step), and its
+  channels-first layout cost two more transposes of the patches.
+  """
+  b, *size, c = x.shape
+  pads, padded = _explicit_pads(conv, size)
+  window = [(k - 1) * d + 1 for k, d in zip(conv.k, conv.rhs_dilation)]
+  out = [(n - w) // s + 1 for n, w, s in zip(padded, window, conv.strides)]
+  # Dilate and pad (negative pads crop) in one lax.pad.
+  config = [(0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d in
+                          zip(pads, conv.lhs_dilation)] + [(0, 0, 0)]
+  xp = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+  taps = [jax.lax.slice(xp, (0,) + tuple(a for a, _ in span) + (0,),
+                        (b,) + tuple(z for _, z in span) + (c,),
+                        (1,) + tuple(conv.strides) + (1,))
+          for _, span in _taps(conv, out, padded)]
+  return jnp.stack(taps, axis=-1).reshape(b, *out, c * len(taps))
 
 
 def _patches_fwd(x, conv):
@@ -172,34 +207,27 @@ def _patches_bwd(conv, shape, dp):
   """The adjoint of patch extraction: every kernel position's slice of the
   patch gradient added back where it was taken from.
 
-  Autodiff transposes the extraction as a grouped convolution with a one-hot
-  filter, which XLA's CPU backend runs as a dense one: for LeNet-5's second
-  convolution at batch 128 that took 123 ms against 12 ms for the whole
-  digital convolution's gradient. Here it is `prod(k)` strided pads and
-  adds, O(prod(k) * |x|).
+  Autodiff would transpose a `conv_general_dilated_patches` as a grouped
+  convolution with a one-hot filter, which XLA's CPU backend runs as a dense
+  one: for LeNet-5's second convolution at batch 128 that took 123 ms
+  against 12 ms for the whole digital convolution's gradient. Here it is
+  `prod(k)` strided pads and adds, O(prod(k) * |x|).
   """
-  b, c, *size = shape
-  out = dp.shape[2:]
-  dp = dp.reshape(b, c, *conv.k, *out)
-  dilated = [(n - 1) * d + 1 for n, d in zip(size, conv.lhs_dilation)]
-  pads = conv.padding
-  if isinstance(pads, str):  # As lax.conv_general_dilated resolves it.
-    window = [(k - 1) * d + 1 for k, d in zip(conv.k, conv.rhs_dilation)]
-    pads = jax.lax.padtype_to_pads(dilated, window, conv.strides, pads)
-  padded = [n + lo + hi for n, (lo, hi) in zip(dilated, pads)]
-  total = jnp.zeros((b, c, *padded), dp.dtype)
-  for pos in itertools.product(*(range(k) for k in conv.k)):
-    tap = dp[(slice(None), slice(None)) + pos]
-    config = [(0, 0, 0), (0, 0, 0)]
-    for i, n_out, n_pad, s, d in zip(pos, out, padded, conv.strides,
-                                     conv.rhs_dilation):
-      start = i * d
-      config.append((start, n_pad - start - (n_out - 1) * s - 1, s - 1))
-    total = total + jax.lax.pad(tap, jnp.zeros((), dp.dtype), config)
+  b, *size, c = shape
+  out = dp.shape[1:-1]
+  dp = dp.reshape(b, *out, c, math.prod(conv.k))
+  pads, padded = _explicit_pads(conv, size)
+  total = jnp.zeros((b, *padded, c), dp.dtype)
+  for t, (_, span) in enumerate(_taps(conv, out, padded)):
+    config = [(0, 0, 0)] + [
+        (start, n_pad - stop, s - 1)
+        for (start, stop), n_pad, s in zip(span, padded, conv.strides)
+    ] + [(0, 0, 0)]
+    total = total + jax.lax.pad(dp[..., t], jnp.zeros((), dp.dtype), config)
   # Undo the padding (crop; negative padding extends) and the dilation.
-  crop = [(0, 0, 0), (0, 0, 0)] + [(-lo, -hi, 0) for lo, hi in pads]
+  crop = [(0, 0, 0)] + [(-lo, -hi, 0) for lo, hi in pads] + [(0, 0, 0)]
   dx = jax.lax.pad(total, jnp.zeros((), dp.dtype), crop)
-  dx = dx[(slice(None), slice(None)) + tuple(
+  dx = dx[(slice(None),) + tuple(
       slice(None, None, d) for d in conv.lhs_dilation)]
   return (dx,)
 

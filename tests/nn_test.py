@@ -233,14 +233,16 @@ def test_modes_from_the_same_parameters():
     ((2, 2, 2), (1, 2, 1), "SAME", (1, 1, 1), (1, 1, 1))])
 def test_patch_gradient_equals_autodiff_of_lax_patches(k, strides, padding,
                                                        lhs_dil, rhs_dil):
-  """The hand-written adjoint of patch extraction (strided pads and adds)
-  equals JAX's own VJP of `lax.conv_general_dilated_patches`."""
+  """Patch extraction by strided slices equals `lax.conv_general_dilated_
+  patches`, and its hand-written adjoint (strided pads and adds) equals
+  JAX's own VJP of it."""
   conv = rnn._Conv(k, strides, padding, lhs_dil, rhs_dil, 1)
-  x = jax.random.normal(jax.random.key(0), (2, 4) + (7,) * len(k),
+  x = jax.random.normal(jax.random.key(0), (2,) + (7,) * len(k) + (4,),
                         jnp.float64)
-  ref = lambda x: jax.lax.conv_general_dilated_patches(
-      x, conv.k, conv.strides, conv.padding, lhs_dilation=conv.lhs_dilation,
-      rhs_dilation=conv.rhs_dilation)
+  # JAX's patches are channels first; ours channels last.
+  ref = lambda x: jnp.moveaxis(jax.lax.conv_general_dilated_patches(
+      jnp.moveaxis(x, -1, 1), conv.k, conv.strides, conv.padding,
+      lhs_dilation=conv.lhs_dilation, rhs_dilation=conv.rhs_dilation), 1, -1)
   y, vjp_ref = jax.vjp(ref, x)
   y_ours, vjp_ours = jax.vjp(lambda x: rnn._patches(x, conv), x)
   np.testing.assert_array_equal(y_ours, y)
