@@ -480,12 +480,17 @@ def evaluate_chips(run: Setup, variables, spec, *, key, n: int,
     {"n", "mean", "std", "min", "max", "accuracies"}.
   """
   keys = jnp.stack([jax.random.fold_in(key, i) for i in range(n)])
+  # Weights and images are arguments, not closed-over constants: XLA would
+  # constant-fold everything that does not depend on the chip key (the
+  # calibration images' patches and statistics), slowly, at compile time.
   program = jax.jit(jax.vmap(
-      lambda k: rnn.program(run.model, variables, run.calib, spec, key=k)))
-  chips = program(keys)
-  logits = jax.jit(jax.vmap(
-      lambda c, x: rnn.apply(run.model, variables, c, x, spec),
-      in_axes=(0, None)))
+      lambda k, v, x: rnn.program(run.model, v, x, spec, key=k),
+      in_axes=(0, None, None)))
+  chips = program(keys, variables, run.calib)
+  apply = jax.jit(jax.vmap(
+      lambda c, v, x: rnn.apply(run.model, v, c, x, spec),
+      in_axes=(0, None, None)))
+  logits = lambda c, x: apply(c, variables, x)
   sub = max(1, batch_size // n)
   correct = np.zeros(n)
   data = run.data
