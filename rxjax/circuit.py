@@ -264,7 +264,6 @@ def _row_impedance(z, log_t):
 
 
 _RUN = 8  # columns per run in `_row_impedance`
-_CHUNK_MIN_ROWS = 48  # from here on `_sweep_geff` runs in two scans
 
 
 def _row_coupling(g_i, z_i, log_t_i):
@@ -286,10 +285,10 @@ def _mmatrix_inv(a, leaf=None):
 
   Pure XLA. Up to `leaf` (default `_leaf(k)`): Gauss-Jordan without
   pivoting (safe for such matrices), vectorized over the batch (a
-  fori_loop: unrolling it ran 10% faster but compiled 5x longer). Larger:
-  2 x 2 block
-  inversion through the Schur complement, recursively (the Schur complement
-  of an M-matrix is an M-matrix, so no pivoting is needed at any level).
+  fori_loop: unrolled, the 64 x 64 sweep ran 9% faster but compiled 2.6x
+  longer, 3x under autodiff). Larger: 2 x 2 block inversion through the
+  Schur complement, recursively (the Schur complement of an M-matrix is an
+  M-matrix, so no pivoting is needed at any level).
   Symmetry saves a third of the block products: only the upper off-diagonal
   block is read, and the lower one of the result is the upper one
   transposed. Every caller passes a nodal (Laplacian-form) matrix of a
@@ -332,9 +331,9 @@ def _leaf(k):
 
   Small leaves put most of the work in matrix products: 8 x 8 leaves made
   the 64 x 64 sweep 2x faster than 32 x 32 ones (2 CPU cores). Deep
-  recursion costs compilation time and, under autodiff, memory (the
-  256 x 256 nested gradient grew from 1.3 to 2.5 GiB), so only the blocks
-  of tiles up to 64 wide recurse that far.
+  recursion costs compilation time and, under autodiff, memory (with 8 x 8
+  leaves everywhere the 256 x 256 nested gradient peaked at 2.5 GiB against
+  1.9 GiB), so only blocks up to 64 wide recurse that far.
   """
   return 8 if k <= 64 else 32
 
@@ -398,6 +397,9 @@ def _couplings_through(p, y, r, kind):
   positive = r > 0
   w_new = _offdiag(p) / jnp.where(positive, r, 1)
   return jnp.where(positive, w_new, -_offdiag(p @ y))
+
+
+_CHUNK_MIN_ROWS = 48  # from here on `_sweep_geff` runs in two scans
 
 
 def _sweep_geff(g, r_row, r_col, r_source, r_sense, kind_col, kind_sense):
@@ -603,8 +605,8 @@ def _sweep_flops(m, n):
 def _nested_flops(m, n):
   mp, np_ = _pow2(m), _pow2(n)
   # Calibrated on 2 CPU cores: at 64 x 64 the sweep is as fast for one tile
-  # (7 ms), 2x faster in batches and compiles 4x faster; nested is 1.6x
-  # faster at 128 (38 vs 59 ms) and 3.4x at 256.
+  # (7 ms), 2x faster in batches and compiles 3x faster; nested is 1.6x
+  # faster at 128 (38 vs 59 ms), and more so beyond.
   return 200.0 * mp * np_ * (mp + np_)
 
 

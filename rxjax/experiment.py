@@ -487,17 +487,16 @@ def evaluate_chips(run: Setup, variables, spec, *, key, n: int,
       lambda k, v, x: rnn.program(run.model, v, x, spec, key=k),
       in_axes=(0, None, None)))
   chips = program(keys, variables, run.calib)
-  apply = jax.jit(jax.vmap(
+  logits = jax.jit(jax.vmap(
       lambda c, v, x: rnn.apply(run.model, v, c, x, spec),
       in_axes=(0, None, None)))
-  logits = lambda c, x: apply(c, variables, x)
   sub = max(1, batch_size // n)
   correct = np.zeros(n)
   data = run.data
   progress = Progress(f"{n} chips", len(data.y_test), unit="images")
   for x, y in data_lib.batches(data.x_test, data.y_test, sub,
                                key_or_seed=0, shuffle=False):
-    out = logits(chips, x)
+    out = logits(chips, variables, x)
     correct += np.asarray(jnp.sum(jnp.argmax(out, -1) == y, axis=-1))
     progress.update(len(y))
   acc = correct / len(data.y_test)

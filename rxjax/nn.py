@@ -155,14 +155,16 @@ class _Conv:
 
 
 def _explicit_pads(conv: _Conv, size):
-  """Explicit pads, and the padded (dilated) input extent, per spatial dim."""
+  """Explicit pads, the padded (dilated) input extent and the output extent,
+  per spatial dim, as `lax.conv_general_dilated` resolves them."""
   dilated = [(n - 1) * d + 1 for n, d in zip(size, conv.lhs_dilation)]
+  window = [(k - 1) * d + 1 for k, d in zip(conv.k, conv.rhs_dilation)]
   pads = conv.padding
-  if isinstance(pads, str):  # As lax.conv_general_dilated resolves it.
-    window = [(k - 1) * d + 1 for k, d in zip(conv.k, conv.rhs_dilation)]
+  if isinstance(pads, str):
     pads = jax.lax.padtype_to_pads(dilated, window, conv.strides, pads)
   padded = [n + lo + hi for n, (lo, hi) in zip(dilated, pads)]
-  return pads, padded
+  out = [(n - w) // s + 1 for n, w, s in zip(padded, window, conv.strides)]
+  return pads, padded, out
 
 
 def _taps(conv: _Conv, out, padded):
@@ -185,9 +187,7 @@ def _patches(x, conv: _Conv):
   channels-first layout cost two more transposes of the patches.
   """
   b, *size, c = x.shape
-  pads, padded = _explicit_pads(conv, size)
-  window = [(k - 1) * d + 1 for k, d in zip(conv.k, conv.rhs_dilation)]
-  out = [(n - w) // s + 1 for n, w, s in zip(padded, window, conv.strides)]
+  pads, padded, out = _explicit_pads(conv, size)
   # Dilate and pad (negative pads crop) in one lax.pad.
   config = [(0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d in
                           zip(pads, conv.lhs_dilation)] + [(0, 0, 0)]
@@ -214,9 +214,8 @@ def _patches_bwd(conv, shape, dp):
   `prod(k)` strided pads and adds, O(prod(k) * |x|).
   """
   b, *size, c = shape
-  out = dp.shape[1:-1]
+  pads, padded, out = _explicit_pads(conv, size)
   dp = dp.reshape(b, *out, c, math.prod(conv.k))
-  pads, padded = _explicit_pads(conv, size)
   total = jnp.zeros((b, *padded, c), dp.dtype)
   for t, (_, span) in enumerate(_taps(conv, out, padded)):
     config = [(0, 0, 0)] + [
