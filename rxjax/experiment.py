@@ -301,7 +301,8 @@ def _checkpoints(workdir: Workdir, phase: str):
 
 
 def train_step(model, opt: optax.GradientTransformation,
-               spec: crossbar.Spec | None = None, *, has_stats: bool = False):
+               spec: crossbar.Spec | None = None, *, has_stats: bool = False,
+               program: bool = False):
   """The jitted training step that `train` runs.
 
   `step(state, chips, x, y) -> (state, chips, loss, accuracy)` with `state =
@@ -309,9 +310,16 @@ def train_step(model, opt: optax.GradientTransformation,
   ignored); otherwise the forward pass runs on `chips` (from
   `rxjax.nn.program`), reprogrammed with their stored distortion to the
   current weights (`refresh=True`: TxSim's interpolated FCM), and the
-  backward pass as `spec.backward` says. Benchmarks time this function.
+  backward pass as `spec.backward` says. With `program=True` the second
+  argument is the chip instance's key instead: the step programs the
+  current weights exactly on that chip (every `G_eff` solved, ADCs
+  calibrated on `x`: TxSim's exact FCM) in its own forward pass, which
+  equals `nn.program` followed by the step without a second pass over the
+  batch. Benchmarks time this function.
   """
   mutable = ["batch_stats"] if has_stats else []
+  if program and spec is None:
+    raise ValueError("`program=True` needs a chip `spec`")
 
   def loss_fn(params, variables, chips, x, y):
     v = {**variables, "params": params}
@@ -320,6 +328,9 @@ def train_step(model, opt: optax.GradientTransformation,
       out = model.apply(v, x, mutable=mutable, **kw) if mutable else (
           model.apply(v, x, **kw), {})
       logits, new = out
+    elif program:
+      logits, new = rnn.apply(model, v, None, x, spec, program_key=chips,
+                              mutable=mutable, **kw)
     else:
       logits, new = rnn.apply(model, v, chips, x, spec, refresh=True,
                               mutable=mutable, **kw)
@@ -335,7 +346,7 @@ def train_step(model, opt: optax.GradientTransformation,
     variables = {**variables, "params": params}
     if has_stats:
       variables["batch_stats"] = new["batch_stats"]
-    chips = new.get(rnn.COLLECTION, chips)
+    chips = new[rnn.COLLECTION] if program else new.get(rnn.COLLECTION, chips)
     acc = jnp.mean(jnp.argmax(logits, -1) == y)
     return {"variables": variables, "opt_state": opt_state}, chips, loss, acc
 
@@ -382,7 +393,12 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   state, start = _restore_or(manager, fresh, phase)
   if start:
     print(f"  {phase}: resumed after epoch {start}", flush=True)
-  step = train_step(model, opt, spec, has_stats="batch_stats" in variables)
+  has_stats = "batch_stats" in variables
+  step = train_step(model, opt, spec, has_stats=has_stats)
+  exact_step = None
+  if spec is not None and program_every:
+    exact_step = train_step(model, opt, spec, has_stats=has_stats,
+                            program=True)
 
   program = None
   chip_key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
@@ -398,9 +414,10 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     losses, accs = [], []
     for i, (x, y) in enumerate(data_lib.batches(
         data.x_train, data.y_train, config.batch_size, key_or_seed=key)):
-      if program is not None and program_every and i % program_every == 0:
-        chips = program(state["variables"], x)
-      state, chips, loss, acc = step(state, chips, x, y)
+      if exact_step is not None and i % program_every == 0:
+        state, chips, loss, acc = exact_step(state, chip_key, x, y)
+      else:
+        state, chips, loss, acc = step(state, chips, x, y)
       losses.append(loss)
       accs.append(acc)
       progress.update(loss=loss)

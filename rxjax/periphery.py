@@ -241,6 +241,8 @@ def stream(x01, dac: DACSpec) -> jax.Array:
     return (q / l_in)[None]
   base = 2.0 ** dac.dac_bits
   l_dac = base - 1
+  if n_cycles(dac) == 1:  # q < base: the one digit is q itself.
+    return (q / l_dac)[None]
   digits = []
   for c in range(n_cycles(dac)):
     high = jnp.floor(q / base ** c)  # q >> (c * dac_bits), exactly.

@@ -365,6 +365,34 @@ def test_program_layers_equals_program_per_layer():
   assert seen[-1][0] == seen[-1][1]
 
 
+@pytest.mark.parametrize("backward", ["straight_through", "transposed_read"])
+def test_solve_tiles_equals_a_solve_per_tile(backward):
+  """Many layers' tiles solved in chunks (with a padded last chunk) give
+  each layer the `G_eff` of a direct solve of its own tiles, and `program`
+  with them equals `program` solving by itself."""
+  spec = _small_tiles(Spec(backward=backward, wires=circuit.Wires(
+      r_row=2.0, r_col=5.0, r_source=50.0, r_sense=20.0)))
+  ws = [_data(30 + k, 1, fi, fo)[1] for k, (fi, fo) in
+        enumerate([(20, 9), (7, 13), (16, 6)])]
+  keys = [jax.random.key(40 + k) for k in range(3)]
+  gs = [crossbar.map_tiles(w, spec, key=k) for w, k in zip(ws, keys)]
+  solved = jax.jit(lambda gs: crossbar.solve_tiles(gs, spec, chunk=5))(gs)
+  for w, k, g, (fwd, bwd) in zip(ws, keys, gs, solved):
+    np.testing.assert_allclose(
+        fwd, circuit.effective_conductance(g, spec.wires), rtol=1e-12)
+    if backward == "straight_through":
+      assert bwd is None
+    else:  # Non-reciprocal terminals: a backward solve of its own.
+      np.testing.assert_allclose(bwd, circuit.effective_conductance(
+          g, spec.wires, direction="backward"), rtol=1e-12)
+    chip = crossbar.program(w, spec, key=k, solved=(fwd, bwd))
+    one = crossbar.program(w, spec, key=k)
+    for a, b in zip(jax.tree.leaves(chip), jax.tree.leaves(one)):
+      np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+  with pytest.raises(ValueError, match="solved"):
+    crossbar.program(ws[0], spec, key=keys[0], solved=solved[1])
+
+
 @pytest.mark.parametrize("signed", ["differential", "offset"])
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_fold_is_the_linear_read(signed, direction):

@@ -225,6 +225,40 @@ def test_txsim_with_every_non_ideality_off_is_digital_sgd(tmp_path):
     assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
 
 
+def test_the_programming_step_equals_program_then_step():
+  """TxSim's exact FCM step (`program=True`: programs inside its forward
+  pass) gives the loss, weights and chips of `nn.program` followed by the
+  interpolated step (whose stored distortion is then exact)."""
+  import optax
+  from rxjax import optim, periphery
+  config = _txsim_config(dataset="digits")
+  run = experiment.setup(config)
+  spec, update = experiment.txsim_specs(config)["cross_ni"]
+  # Full-precision converters: with 8-bit ones a rounding difference (jit
+  # against eager, or the refresh's g * G_eff / g) can move an ADC code, and
+  # the next layer's calibration with it. Wires, device response as TxSim.
+  spec = spec.replace(dac=periphery.DACSpec.ideal(),
+                      adc=periphery.ADCSpec.ideal())
+  opt = optax.chain(optax.sgd(0.1), optim.apply_device_response(
+      update, spec.device, key=jax.random.PRNGKey(0)))
+  x = run.data.x_train[:32].astype(np.float64)
+  y = run.data.y_train[:32]
+  variables = jax.tree.map(lambda a: a.astype(np.float64),
+                           experiment.init_variables(run.model, x, 0))
+  state = {"variables": variables, "opt_state": opt.init(variables["params"])}
+  key = jax.random.key(9)
+  chips = rnn.program(run.model, variables, x, spec, key=key)
+  want = experiment.train_step(run.model, opt, spec)(state, chips, x, y)
+  got = experiment.train_step(run.model, opt, spec, program=True)(
+      state, key, x, y)
+  assert abs(float(got[2]) - float(want[2])) <= 1e-12 * abs(float(want[2]))
+  for a, b in zip(jax.tree.leaves(got[0]), jax.tree.leaves(want[0])):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+  for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+    if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=0)
+
+
 def test_txsim_training_on_bundled_mnist_learns(tmp_path):
   """Smoke test: Cross-NI training (chip forward and backward, device
   updates with nu = 0.01, gamma = 5) on 1,500 bundled MNIST digits learns,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rxjax import crossbar, periphery
+from rxjax import circuit, crossbar, periphery
 from rxjax import nn as rnn
 from rxjax.crossbar import Spec
 
@@ -145,6 +145,40 @@ def test_one_key_is_one_chip_and_vmap_over_keys_equals_a_loop():
     assert _rel(batched[i], loop[i]) < 1e-9
   assert _rel(loop[0], loop[1]) > 1e-3  # Different chips differ.
   assert _rel(run(program(keys[0])), loop[0]) == 0.0  # Same key, same chip.
+
+
+def test_programming_solves_every_layer_of_the_network_exactly():
+  """`program` solves all layers' tiles in one batch: each layer's stored
+  `G_eff` is the direct solve of its stored conductances, for one chip and
+  for chips vmapped over keys."""
+  model, variables, x = _setup(CONVS[3])  # Two conv groups and a dense.
+  spec = DEFAULT_SMALL.replace(backward="transposed_read")
+  program = lambda k: rnn.program(model, variables, x, spec, key=k)
+  keys = jax.random.split(jax.random.key(3), 2)
+  for chips in [jax.jit(program)(keys[0]),
+                jax.tree.map(lambda a: a[1], jax.jit(jax.vmap(program))(keys))]:
+    layers = [chips[name]["chip"] for name in ("Conv_0", "Dense_0")]
+    assert layers[0].g.shape[0] == 2  # Groups.
+    for chip in layers:
+      want = circuit.effective_conductance(chip.g, spec.wires)
+      np.testing.assert_allclose(chip.g_eff, want, rtol=1e-12)
+      np.testing.assert_allclose(chip.g_eff_bwd, want, rtol=1e-12)
+
+
+def test_a_step_that_programs_equals_program_then_read():
+  """`apply(program_key=k)` (programming inside the forward pass) gives the
+  output and chips of `program(key=k)` followed by `apply`."""
+  model, variables, x = _setup(CONVS[0])
+  spec = DEFAULT_SMALL
+  key = jax.random.key(4)
+  chips = rnn.program(model, variables, x, spec, key=key)
+  y = rnn.apply(model, variables, chips, x, spec)
+  y_one, state = rnn.apply(model, variables, None, x, spec, program_key=key)
+  assert _rel(y_one, y) < 1e-12
+  plain = lambda a: (jax.random.key_data(a)
+                     if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a)
+  for a, b in zip(jax.tree.leaves(state["chips"]), jax.tree.leaves(chips)):
+    np.testing.assert_allclose(plain(a), plain(b), rtol=1e-12, atol=0)
 
 
 def test_refresh_reuses_the_stored_distortion():
