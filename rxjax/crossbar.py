@@ -522,31 +522,33 @@ def _pad_to(x, size, axis=-1):
   return jnp.pad(x, widths)
 
 
-def _input_codes(x, chip: Chip, spec: Spec):
-  """Per-cycle normalized DAC codes of a batch, tiled.
+def _input_levels(x, chip: Chip, spec: Spec):
+  """Quantized DAC input levels of a batch, tiled (`periphery.stream_levels`;
+  a read takes each cycle's digits from them as it goes).
 
   Args:
     x: `[B, fan_in]` inputs.
 
   Returns:
-    `[C, Q, B, Tr, M]`: cycles, input passes, batch, fan-in tiles, rows.
+    `[Q, B, Tr, M]`: input passes, batch, fan-in tiles, rows.
   """
   _, _, tr, _, m, _ = chip.g.shape
-  u = periphery.stream(_passes(x / chip.x_scale, spec), spec.dac)
-  u = _pad_to(u, tr * m)
-  return u.reshape(u.shape[:-1] + (tr, m))
+  q = periphery.stream_levels(_passes(x / chip.x_scale, spec), spec.dac)
+  q = _pad_to(q, tr * m)
+  return q.reshape(q.shape[:-1] + (tr, m))
 
 
-def _scan_tile_rows(u, chip: Chip, spec: Spec, reduce, init, g_eff=None):
+def _scan_tile_rows(q, chip: Chip, spec: Spec, reduce, init, g_eff=None):
   """Column currents of one fan-in tile row and input cycle at a time.
 
-  The DAC, the per-tile products `v @ G_eff` and whatever `reduce` does with
-  the currents (ADC and digital accumulation, or calibration statistics) run
-  inside one scan step, so the `[Q, B, S, P, Tc, N]` currents of a step stay
-  cache-sized and are never stored for the whole layer.
+  The DAC (this cycle's digits of the input levels), the per-tile products
+  `v @ G_eff` and whatever `reduce` does with the currents (ADC and digital
+  accumulation, or calibration statistics) run inside one scan step, so the
+  `[Q, B, S, P, Tc, N]` currents of a step stay cache-sized and neither they
+  nor the cycles' inputs are ever stored for the whole layer.
 
   Args:
-    u: `[C, Q, B, Tr, M]` normalized DAC codes.
+    q: `[Q, B, Tr, M]` input levels (`_input_levels`).
     chip: the programmed layer.
     spec: its spec.
     reduce: `(acc, i, r, c) -> acc` with `i` the currents `[Q, B, S, P, Tc,
@@ -557,7 +559,7 @@ def _scan_tile_rows(u, chip: Chip, spec: Spec, reduce, init, g_eff=None):
   g_eff = chip.g_eff if g_eff is None else g_eff
   dac = spec.dac
   load = _nominal_load(spec)
-  c_total, tr = u.shape[0], u.shape[3]
+  c_total, tr = periphery.n_cycles(dac), q.shape[2]
   g_rows = jnp.transpose(g_eff, (2, 4, 0, 1, 3, 5))  # [Tr, M, S, P, Tc, N]
 
   def step(acc, u_rc, g_r, r, c):
@@ -579,15 +581,16 @@ def _scan_tile_rows(u, chip: Chip, spec: Spec, reduce, init, g_eff=None):
     return reduce(acc, i, r, c)
 
   def tile_row(acc, xs):
-    u_r, g_r, r = xs  # [C, Q, B, M], [M, S, P, Tc, N]
+    q_r, g_r, r = xs  # [Q, B, M], [M, S, P, Tc, N]
     if c_total == 1:
-      return step(acc, u_r[0], g_r, r, 0), None
-    cycle = lambda acc, xs: (step(acc, xs[0], g_r, r, xs[1]), None)
-    acc, _ = jax.lax.scan(cycle, acc, (u_r, jnp.arange(c_total)))
+      return step(acc, periphery.stream_cycle(q_r, 0, dac), g_r, r, 0), None
+    cycle = lambda acc, c: (step(acc, periphery.stream_cycle(q_r, c, dac),
+                                 g_r, r, c), None)
+    acc, _ = jax.lax.scan(cycle, acc, jnp.arange(c_total))
     return acc, None
 
   acc, _ = jax.lax.scan(tile_row, init,
-                        (jnp.moveaxis(u, 3, 0), g_rows, jnp.arange(tr)))
+                        (jnp.moveaxis(q, 2, 0), g_rows, jnp.arange(tr)))
   return acc
 
 
@@ -629,8 +632,8 @@ def _read_forward(x, chip: Chip, spec: Spec, key):
   g_eff = chip.g_eff
   if spec.device.read_noise > 0:
     g_eff = device_lib.read(g_eff, spec.device, key=key)
-  u = _input_codes(x, chip, spec)
-  c, q, b = u.shape[:3]
+  levels = _input_levels(x, chip, spec)
+  q, b = levels.shape[:2]
   s, p, _, tc, _, n = chip.g.shape
   dtype = chip.g.dtype
   cw = jnp.asarray(periphery.cycle_weights(spec.dac), dtype)
@@ -655,7 +658,7 @@ def _read_forward(x, chip: Chip, spec: Spec, key):
     return acc + i
 
   init = jnp.zeros((q, b, tc, n) if differential else (q, b, p, tc, n), dtype)
-  acc = _scan_tile_rows(u, chip, spec, reduce, init, g_eff=g_eff)
+  acc = _scan_tile_rows(levels, chip, spec, reduce, init, g_eff=g_eff)
   d = spec.device
   acc = acc / (spec.dac.v_read * (d.g_max - d.g_min))
   if differential:
@@ -664,7 +667,8 @@ def _read_forward(x, chip: Chip, spec: Spec, key):
     # Data columns minus the tile's reference column (the last); the
     # represented weight is w_max * (2 u_hat - 1), so the offset is removed
     # with the digital sum of the applied (quantized) inputs.
-    x_sum = jnp.einsum("cqbrm,c->qb", u, cw)
+    x_sum = sum(periphery.stream_cycle(levels, k, spec.dac) * cw[k]
+                for k in range(len(cw))).sum((2, 3))
     y = 2 * (acc[:, :, 0, :, :-1] - acc[:, :, 0, :, -1:])
     y = y - x_sum[:, :, None, None]
   y = y.reshape(y.shape[:2] + (-1,))
@@ -825,19 +829,20 @@ def calibrate(chip: Chip, x, spec: Spec) -> Chip:
   x_scale = periphery.input_scale(x, spec.dac).astype(chip.g.dtype)
   calibrated = chip.replace(x_scale=x_scale)
   chip = _trim(calibrated, spec)
-  u = _input_codes(x, chip, spec)
+  levels = _input_levels(x, chip, spec)
   if spec.adc.calibration == "max":
     reduce = lambda acc, i, r, c: jnp.maximum(acc, i.max())
-    full = _scan_tile_rows(u, chip, spec, reduce, jnp.zeros((), x.dtype))
+    full = _scan_tile_rows(levels, chip, spec, reduce,
+                           jnp.zeros((), x.dtype))
     full = periphery.calibrate(full, "max")  # All-zero data: 1, not 0.
   else:
     # A percentile needs every current: keep calibration batches small.
     reduce = lambda acc, i, r, c: acc.at[r, c].set(i)
-    c, q, b = u.shape[:3]
+    c, (q, b) = periphery.n_cycles(spec.dac), levels.shape[:2]
     s, p, tr, tc, _, n = chip.g.shape
     init = jnp.zeros((tr, c, q, b, s, p, tc, n), x.dtype)
-    full = periphery.full_scale(_scan_tile_rows(u, chip, spec, reduce, init),
-                                spec.adc)
+    full = periphery.full_scale(
+        _scan_tile_rows(levels, chip, spec, reduce, init), spec.adc)
   return calibrated.replace(adc_full_scale=full.astype(chip.g.dtype))
 
 

@@ -232,22 +232,38 @@ def stream(x01, dac: DACSpec) -> jax.Array:
     of x01; `C = n_cycles(dac)`. With `input_bits` None: `C = 1` and
     `u = clip(x01, 0, 1)`. With `dac_bits` None: `C = 1`, `u = q / L_in`.
   """
+  q = stream_levels(x01, dac)
+  return jnp.stack([stream_cycle(q, c, dac) for c in range(n_cycles(dac))])
+
+
+def stream_levels(x01, dac: DACSpec) -> jax.Array:
+  """The quantized inputs that `stream` splits into cycles.
+
+  Returns:
+    `q = round(clip(x01, 0, 1) * L_in)`, the shape and dtype of x01
+    (`clip(x01, 0, 1)` with `input_bits` None).
+  """
   x = jnp.clip(_float_array(x01), 0, 1)
   if dac.input_bits is None:
-    return x[None]
-  l_in = 2.0 ** dac.input_bits - 1
-  q = jnp.round(x * l_in)
+    return x
+  return jnp.round(x * (2.0 ** dac.input_bits - 1))
+
+
+def stream_cycle(q, c, dac: DACSpec) -> jax.Array:
+  """Cycle `c`'s normalized DAC output `u_c` of the levels `q`
+  (`stream_levels`): `stream(x01, dac)[c]`, one cycle at a time, so that a
+  read need not hold every cycle's inputs at once. `c` may be traced."""
+  if dac.input_bits is None:
+    return q
   if dac.dac_bits is None:
-    return (q / l_in)[None]
+    return q / (2.0 ** dac.input_bits - 1)
   base = 2.0 ** dac.dac_bits
-  l_dac = base - 1
   if n_cycles(dac) == 1:  # q < base: the one digit is q itself.
-    return (q / l_dac)[None]
-  digits = []
-  for c in range(n_cycles(dac)):
-    high = jnp.floor(q / base ** c)  # q >> (c * dac_bits), exactly.
-    digits.append(high - base * jnp.floor(high / base))
-  return jnp.stack(digits) / l_dac
+    return q / (base - 1)
+  # Exact powers of two from a table (a traced `base ** c` need not be).
+  shift = jnp.asarray([base ** k for k in range(n_cycles(dac))], q.dtype)[c]
+  high = jnp.floor(q / shift)  # q >> (c * dac_bits), exactly.
+  return (high - base * jnp.floor(high / base)) / (base - 1)
 
 
 # ---------------------------------------------------------------------------
