@@ -11,9 +11,11 @@ This module owns how Linen layers run on a chip:
 * `mode_spec`: the three modes from the same parameters: "digital"
   (floating point), "ideal" (converter and device precision only: RxNN's
   Cross-ideal, `Spec.cross_ideal`), "nonideal" (everything on).
-* `program`, `refresh`, `apply`: program every layer's chip once (exact
-  `G_eff`, calibration on a calibration batch), reprogram new weights with
-  the stored distortion, and read. The programmed chips live in the Flax
+* `program`, `apply`: program every layer's chip once (exact `G_eff`, all
+  layers' tiles in one batched solve, calibration on a calibration batch),
+  then read; `apply(refresh=True)` reprograms new weights with the stored
+  distortion, `apply(program_key=k)` programs exactly during the forward
+  pass itself (TxSim's exact FCM step). The programmed chips live in the Flax
   variable collection "chips" and are reused across batches; `jax.vmap`
   over keys programs many chip instances at once.
 
@@ -255,8 +257,8 @@ class _Solves:
   """Programming a network with one batched circuit solve, in two passes.
 
   The first pass records every crossbar layer's mapped conductances (in
-  call order) and reads on unsolved tiles (its outputs are never used; under
-  jit XLA drops that work). `solve` then solves all tiles together
+  call order) and runs the layers digitally (their outputs only carry the
+  pass to the next layer). `solve` then solves all tiles together
   (`crossbar.solve_tiles`, grouped by spec), and the second pass hands each
   layer its own `G_eff`. LeNet-5's 48 tiles of 64 x 64 (float32, 2-core
   CPU): 117 ms in one batch against 133 ms layer by layer.
@@ -268,12 +270,13 @@ class _Solves:
     self.taken = 0
 
   def layer(self, module: nn.Module, w, keys, spec: Spec):
-    """This layer's `(g_eff, g_eff_bwd)` per group, or stand-ins."""
+    """This layer's `(g_eff, g_eff_bwd)` per group; None in the first
+    pass (after recording the layer's conductances)."""
     if self.solved is None:
       g = _per_group(lambda w_g, k: crossbar.map_tiles(w_g, spec, key=k), w,
                      keys)
       self.mapped.append((spec, g))
-      return g, (g if spec.backward == "transposed_read" else None)
+      return None
     if self.taken >= len(self.solved):
       raise RuntimeError(
           f"layer {'/'.join(module.path)} was not seen in the first "
@@ -318,7 +321,9 @@ def _layer_chips(module: nn.Module, w, x_fn, spec: Spec):
 
   With the "chips" collection mutable and a "chip" RNG: programs `w` (`[G,
   K, F]`) exactly on a new chip instance and calibrates it on `x_fn()` (`[G,
-  R, K]`, this layer's inputs). Mutable without the RNG: `reprogram`s the
+  R, K]`, this layer's inputs); in the first pass of `_Solves` it only
+  records the mapping and returns `(None, None, None)`: the caller then
+  runs the layer digitally. Mutable without the RNG: `reprogram`s the
   current weights with the stored distortion (cheap; calibration kept).
   Otherwise: the stored chips.
   """
@@ -331,6 +336,8 @@ def _layer_chips(module: nn.Module, w, x_fn, spec: Spec):
     solves = _SOLVES.get()
     if solves is not None:
       solved = solves.layer(module, w, keys, spec)
+      if solved is None:
+        return None, None, None
 
     def one(w_g, x_g, key, solved_g):
       chip = crossbar.program(w_g, spec, key=key, solved=solved_g)
@@ -414,7 +421,9 @@ def dense_on_chip(module: nn.Module, x, kernel, spec: Spec | None):
   x2 = x.reshape(-1, x.shape[-1])
   chips, w_eff, w_bwd = _layer_chips(module, kernel[None], lambda: x2[None],
                                      spec)
-  if spec.linear:
+  if chips is None:  # First pass of `_Solves`.
+    y = x2 @ kernel.astype(x.dtype)
+  elif spec.linear:
     lo, hi = _clip_range(chips, spec, 1)
     bwd = None if w_bwd is None else w_bwd[0].T
     y = _folded(jnp.matmul, x2, kernel.astype(x.dtype),
@@ -445,7 +454,9 @@ def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
       return cached["p"][0]
 
     chips, w_eff, w_bwd = _layer_chips(module, w, patches, spec)
-    if spec.linear:
+    if chips is None:  # First pass of `_Solves`.
+      y = conv(x, kernel)
+    elif spec.linear:
       lo, hi = _clip_range(chips, spec, x.shape[-1])
       k_eff = matrix_to_kernel(w_eff, conv.k).astype(x.dtype)
       k_bwd = None
@@ -586,8 +597,8 @@ def program(model: nn.Module, variables, x, spec: Spec | None, *, key,
   for their exact `G_eff` (all layers' tiles in one batched solve); its
   input scale and ADC range are calibrated on the activations that reach it
   when `x` flows through the network already on crossbars. jit- and
-  vmap-compatible (vmap over `key` for many chips). Under jit, the first of
-  the two passes it traces (see `_Solves`) costs only the mapping.
+  vmap-compatible (vmap over `key` for many chips). Its first pass (see
+  `_Solves`) only maps the weights and runs the layers digitally.
 
   Args:
     model: a Linen model (plain `nn.Dense` / `nn.Conv` layers are run via
