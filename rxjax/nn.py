@@ -374,17 +374,55 @@ def _read_key(module: nn.Module, spec: Spec):
   return module.make_rng("read") if spec.device.read_noise > 0 else None
 
 
-def _folded(op, x, w, w_eff, w_bwd, lo, hi):
+def _chipwise(op):
+  """`(x, w, lo, hi) -> op(clip(x, lo, hi), w)` (a convolution) whose
+  `jax.vmap` over chip instances runs native convolutions.
+
+  Under `jax.vmap` over chips, the clip range and the kernel carry the chip
+  axis, so the clipped input does too, and a convolution whose input and
+  kernel are both batched becomes one grouped convolution, which XLA's CPU
+  backend runs several times slower than the same convolutions one by one
+  (LeNet-5 on 1,000 digits, 10 chips: 1.32 s vmapped against 0.63 s in a
+  loop; 0.84 s with this rule). Here that case runs as a `lax.map` over the
+  chip axis, each step clipping the (shared or own) input and running one
+  native convolution. Not differentiable by itself: `_folded` differentiates
+  the plain convolution.
+  """
+
+  def plain(x, w, lo, hi):
+    return op(jnp.clip(x, lo, hi), w)
+
+  f = jax.custom_batching.custom_vmap(plain)
+
+  @f.def_vmap
+  def rule(axis_size, in_batched, x, w, lo, hi):
+    if not any(in_batched[1:]):
+      # Inputs alone are batched: they fold into the convolution's batch.
+      return jax.vmap(plain, in_axes=(0, None, None, None))(x, w, lo, hi), True
+    chip = lambda a, b: a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
+    rest = tuple(chip(a, b) for a, b in zip((w, lo, hi), in_batched[1:]))
+    if in_batched[0]:
+      return jax.lax.map(lambda a: f(*a), (x,) + rest), True
+    return jax.lax.map(lambda a: f(x, *a), rest), True
+
+  return f
+
+
+def _folded(op, x, w, w_eff, w_bwd, lo, hi, read=None):
   """`op(clip(x, lo, hi), w_eff)` with the crossbar's gradients.
 
   `op(x, w)` is bilinear (a matmul or a convolution). Gradients: w.r.t. w
   the ideal ones at `(x, w)`; w.r.t. x straight-through with `w`, or with
-  the folded transposed read `w_bwd` when given.
+  the folded transposed read `w_bwd` when given. `read(x, w_eff, lo, hi)`
+  (default: `op` of the clipped input) computes the forward value: the same
+  product with its own vmap rule (`_chipwise`).
   """
+  if read is None:
+    read = lambda x, w, lo, hi: op(jnp.clip(x, lo, hi), w)
 
   @jax.custom_vjp
   def f(x, w):
-    return op(jnp.clip(x, lo, hi), w_eff)
+    return read(x, w_eff, lo, hi)
 
   def fwd(x, w):
     return f(x, w), (x, w)
@@ -463,7 +501,8 @@ def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
       if w_bwd is not None:
         k_bwd = matrix_to_kernel(jnp.swapaxes(w_bwd, 1, 2),
                                  conv.k).astype(x.dtype)
-      y = _folded(conv, x, kernel.astype(x.dtype), k_eff, k_bwd, lo, hi)
+      y = _folded(conv, x, kernel.astype(x.dtype), k_eff, k_bwd, lo, hi,
+                  read=_chipwise(conv))
     else:
       p, out_spatial = conv.patches(x)
       key = _read_key(module, spec)

@@ -147,6 +147,51 @@ def test_one_key_is_one_chip_and_vmap_over_keys_equals_a_loop():
   assert _rel(run(program(keys[0])), loop[0]) == 0.0  # Same key, same chip.
 
 
+class TwoConvs(nn.Module):
+  """Two convolutions: under vmap over chips the second one's input carries
+  the chip axis too."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(6, (3, 3))(x))
+    x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def test_folded_convolutions_under_vmap_equal_a_loop_values_and_gradients():
+  """The folded layers' own vmap rule (`nn._chipwise`): vmapped over chips
+  (kernel, clip range and, from the second layer on, the input batched) and
+  over inputs alone, values and gradients equal a loop over the same chips
+  and inputs."""
+  model = TwoConvs()
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3), jnp.float64)
+  variables = jax.tree.map(lambda a: a.astype(jnp.float64),
+                           model.init(jax.random.key(1), x))
+  keys = jax.random.split(jax.random.key(2), 3)
+  program = jax.jit(lambda k: rnn.program(model, variables, x, LINEAR, key=k))
+
+  def loss(v, chips, x):
+    return jnp.sum(jnp.sin(rnn.apply(model, v, chips, x, LINEAR)))
+
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 2)))
+  loop = [step(variables, program(k), x) for k in keys]
+  chips = jax.vmap(program)(keys)
+  batched = jax.jit(jax.vmap(step, in_axes=(None, 0, None)))(variables, chips,
+                                                             x)
+  for i, want in enumerate(loop):
+    got = jax.tree.map(lambda a: a[i], batched)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert _rel(a, b) < 1e-12
+  assert _rel(loop[0][0], loop[1][0]) > 1e-4  # The chips differ.
+  # Inputs alone batched: one chip, three input sets.
+  xs = jax.random.normal(jax.random.key(3), (3,) + x.shape, jnp.float64)
+  one = program(keys[0])
+  batched = jax.vmap(lambda x: rnn.apply(model, variables, one, x, LINEAR))(xs)
+  for i in range(3):
+    assert _rel(batched[i],
+                rnn.apply(model, variables, one, xs[i], LINEAR)) < 1e-12
+
+
 def test_programming_solves_every_layer_of_the_network_exactly():
   """`program` solves all layers' tiles in one batch: each layer's stored
   `G_eff` is the direct solve of its stored conductances, for one chip and
