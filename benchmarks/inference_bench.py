@@ -79,15 +79,17 @@ def monte_carlo(n_chips, repeats, sub_batch=50):
   variables = jax.jit(model.init)(jax.random.key(1), calib[:1])
   spec = one_slice_spec(inputs="non_negative")
   args = (variables, calib, x_test, y_test)  # Arguments, not constants.
+  program = lambda key, v, calib: rnn.program(model, v, calib, spec, key=key)
+  program_many = jax.vmap(program, in_axes=(0, None, None))
 
   def one(key, v, calib, x, y):
-    chips = rnn.program(model, v, calib, spec, key=key)
+    chips = program(key, v, calib)
     return jnp.mean(jnp.argmax(rnn.apply(model, v, chips, x, spec), -1) == y)
 
   def many(keys, v, calib, x, y):
     # All chips at once, the test digits in sub-batches so that every chip's
     # activations stay small (one jitted call).
-    chips = jax.vmap(lambda k: rnn.program(model, v, calib, spec, key=k))(keys)
+    chips = program_many(keys, v, calib)
     def part(xy):
       out = jax.vmap(lambda c: rnn.apply(model, v, c, xy[0], spec))(chips)
       return jnp.sum(jnp.argmax(out, -1) == xy[1], axis=-1)
@@ -105,9 +107,7 @@ def monte_carlo(n_chips, repeats, sub_batch=50):
   agree = float(jnp.max(jnp.abs(acc_v - acc_l)))
   # What no batching can remove: every chip's tiles need their own exact
   # solve, and the solve is as fast one chip at a time as all at once.
-  chips = jax.jit(jax.vmap(
-      lambda k, v, calib: rnn.program(model, v, calib, spec, key=k),
-      in_axes=(0, None, None)))(keys, variables, calib)
+  chips = jax.jit(program_many)(keys, variables, calib)
   layers = [c for c in jax.tree.leaves(
       chips, is_leaf=lambda a: isinstance(a, crossbar.Chip))
             if isinstance(c, crossbar.Chip)]

@@ -374,6 +374,11 @@ def _read_key(module: nn.Module, spec: Spec):
   return module.make_rng("read") if spec.device.read_noise > 0 else None
 
 
+def _clipped(op):
+  """`(x, w, lo, hi) -> op(clip(x, lo, hi), w)`: a folded layer's read."""
+  return lambda x, w, lo, hi: op(jnp.clip(x, lo, hi), w)
+
+
 def _chipwise(op):
   """`(x, w, lo, hi) -> op(clip(x, lo, hi), w)` (a convolution) whose
   `jax.vmap` over chip instances runs native convolutions.
@@ -389,9 +394,7 @@ def _chipwise(op):
   the plain convolution.
   """
 
-  def plain(x, w, lo, hi):
-    return op(jnp.clip(x, lo, hi), w)
-
+  plain = _clipped(op)
   f = jax.custom_batching.custom_vmap(plain)
 
   @f.def_vmap
@@ -414,11 +417,10 @@ def _folded(op, x, w, w_eff, w_bwd, lo, hi, read=None):
   `op(x, w)` is bilinear (a matmul or a convolution). Gradients: w.r.t. w
   the ideal ones at `(x, w)`; w.r.t. x straight-through with `w`, or with
   the folded transposed read `w_bwd` when given. `read(x, w_eff, lo, hi)`
-  (default: `op` of the clipped input) computes the forward value: the same
-  product with its own vmap rule (`_chipwise`).
+  (default `_clipped(op)`) computes the forward value: the same product with
+  its own vmap rule (`_chipwise`).
   """
-  if read is None:
-    read = lambda x, w, lo, hi: op(jnp.clip(x, lo, hi), w)
+  read = _clipped(op) if read is None else read
 
   @jax.custom_vjp
   def f(x, w):
