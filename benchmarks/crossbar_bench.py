@@ -18,6 +18,10 @@ devices JAX sees, each timing the best of several repeats after a warm-up
      target <= 1.2x).
    Inputs are non-negative activations (`Spec.inputs = "non_negative"`, one
    pass); signed inputs take two passes and twice the time.
+   Both again with analog pair subtraction (`Spec.pair_subtraction =
+   "analog"`: the sense amplifier subtracts I+ - I-, one bipolar ADC per
+   pair), against the products that design must compute: `x @ w` and 32
+   partial products (4 slices x 8 cycles).
 2. Programming ResNet-50 (every conv and FC weight, 25.5 M; random
    He-initialized weights of the real shapes) on 64 x 64 tiles with one
    slice per differential pair and the default ReRAM wires and 10%
@@ -50,13 +54,13 @@ import rxjax
 from rxjax import crossbar
 
 
-def _vmm_spec(device_bits, dac_bits):
+def _vmm_spec(device_bits, dac_bits, pairs):
   return rxjax.Spec(
       mapping=rxjax.MappingSpec(weight_bits=8),
       device=rxjax.DeviceSpec(device_bits=device_bits),
       dac=rxjax.DACSpec(input_bits=8, dac_bits=dac_bits),
       adc=rxjax.ADCSpec(bits=8),
-      inputs="non_negative")
+      inputs="non_negative", pair_subtraction=pairs)
 
 
 def bench_vmm(batch):
@@ -68,8 +72,10 @@ def bench_vmm(batch):
   plain = jax.jit(lambda x, w: x @ w)
   t_plain = _common.best(plain, x, w)
   rows = {}
-  for name, device_bits, dac_bits in (("1slice", 8, 8), ("sliced", 2, 1)):
-    spec = _vmm_spec(device_bits, dac_bits)
+  cases = (("1slice", 8, 8, "digital"), ("sliced", 2, 1, "digital"),
+           ("1slice_analog", 8, 8, "analog"), ("sliced_analog", 2, 1, "analog"))
+  for name, device_bits, dac_bits, pairs in cases:
+    spec = _vmm_spec(device_bits, dac_bits, pairs)
     chip = crossbar.program(w, spec, key=key)
     chip = crossbar.calibrate(chip, x, spec)
     read = jax.jit(lambda x, chip, spec=spec: crossbar.read(x, chip, spec))
@@ -78,9 +84,10 @@ def bench_vmm(batch):
     compile_s = time.perf_counter() - start
     t_read = _common.best(read, x, chip)
     s, p = chip.g.shape[:2]
+    p = 1 if pairs == "analog" else p  # One product per pair.
     cycles = rxjax.periphery.n_cycles(spec.dac)
     products = s * p * cycles
-    if products == 2:
+    if products <= 2:
       t_ref, ref_name = t_plain, "x @ w"
       ratio = t_read / t_plain
     else:
@@ -92,7 +99,8 @@ def bench_vmm(batch):
     err = float(jnp.linalg.norm(read(x, chip) - x @ w) / jnp.linalg.norm(x @ w))
     rows[name] = dict(ms=t_read * 1e3, ref_ms=t_ref * 1e3, ref=ref_name,
                       ratio=ratio, plain_ms=t_plain * 1e3, slices=s,
-                      cycles=cycles, compile_s=compile_s, rel_err=err)
+                      cycles=cycles, compile_s=compile_s, rel_err=err,
+                      pairs=pairs)
   return rows
 
 
@@ -186,9 +194,11 @@ def main():
   print("| case | crossbar ms | reference | ref ms | ratio | target |"
         " compile s | rel. error vs x@w |")
   print("|---|---|---|---|---|---|---|---|")
-  for name, target in (("1slice", "<= 2x"), ("sliced", "<= 1.2x")):
+  for name, target in (("1slice", "<= 2x"), ("sliced", "<= 1.2x"),
+                       ("1slice_analog", "-"), ("sliced_analog", "-")):
     r = vmm[name]
-    print(f"| {r['slices']} slice(s), {r['cycles']} cycle(s) | {r['ms']:.2f} "
+    print(f"| {r['slices']} slice(s), {r['cycles']} cycle(s), {r['pairs']} "
+          f"pair subtraction | {r['ms']:.2f} "
           f"| {r['ref']} | {r['ref_ms']:.2f} | {r['ratio']:.2f}x | {target} "
           f"| {r['compile_s']:.1f} | {r['rel_err']:.3g} |")
   res = bench_resnet50()
@@ -199,6 +209,10 @@ def main():
         f"{res['tiles'] * 61 / 86400:.1f} days)")
   result = dict(vmm_overhead_1slice=round(vmm["1slice"]["ratio"], 3),
                 vmm_overhead_sliced=round(vmm["sliced"]["ratio"], 3),
+                vmm_overhead_1slice_analog=round(
+                    vmm["1slice_analog"]["ratio"], 3),
+                vmm_overhead_sliced_analog=round(
+                    vmm["sliced_analog"]["ratio"], 3),
                 resnet50_program_s=round(res["seconds"], 2))
   if not args.quick:
     vgg = bench_vgg16()

@@ -32,6 +32,11 @@ def chip_config() -> ml_collections.ConfigDict:
   chip.dac_bits = 1  # DAC resolution; input_bits/dac_bits cycles.
   chip.dac_model = "ideal"  # "ideal" | "divider" (RxNN's load-dependent DAC).
   chip.adc_bits = 8  # ADC resolution.
+  # Where a differential pair's currents are subtracted: "digital" (an
+  # unipolar ADC per column, readings subtracted) | "analog" (the sense
+  # amplifier subtracts I+ - I-, one bipolar ADC per pair, one bit of
+  # adc_bits is the sign; half the products with an ideal DAC).
+  chip.pair_subtraction = "digital"
   # "non_negative": one input pass (every LeNet crossbar input is a pixel or
   # a ReLU output); "signed": positive and negative passes.
   chip.inputs = "non_negative"

@@ -51,6 +51,7 @@ from rxjax import periphery
 _BACKWARD_MODES = ("straight_through", "transposed_read")
 _INPUTS = ("signed", "non_negative")
 _SOLVERS = ("exact", "aam")
+_PAIR_SUBTRACTIONS = ("digital", "analog")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +83,14 @@ class Spec:
       devices; its docstring says where not to use it).
     aam_paths: path families the AAM keeps (`aam_conductance(paths=...)`),
       an int >= 1; used only with `solver="aam"`.
+    pair_subtraction: where a differential pair's currents are subtracted:
+      "digital" (default; each crossbar's columns have their own unipolar
+      ADC and the readings are subtracted after the shift-and-add) or
+      "analog" (the sense amplifier subtracts `I+ - I-` and one bipolar,
+      sign-magnitude ADC per pair digitizes it, `periphery.adc_bipolar`,
+      as in PRIME-style designs; needs differential pairs and `adc.bits`
+      None or >= 2). With an ideal DAC an analog read is one product per
+      pair, `v @ (G+_eff - G-_eff)`, instead of two.
   """
 
   mapping: mapping_lib.MappingSpec = mapping_lib.MappingSpec()
@@ -94,6 +103,7 @@ class Spec:
   inputs: str = "signed"
   solver: str = "exact"
   aam_paths: int = 3
+  pair_subtraction: str = "digital"
 
   def __post_init__(self):
     checks = (("mapping", mapping_lib.MappingSpec),
@@ -106,6 +116,19 @@ class Spec:
     _checks.check_choice("backward", self.backward, _BACKWARD_MODES)
     _checks.check_choice("inputs", self.inputs, _INPUTS)
     _checks.check_choice("solver", self.solver, _SOLVERS)
+    _checks.check_choice("pair_subtraction", self.pair_subtraction,
+                         _PAIR_SUBTRACTIONS)
+    if self.pair_subtraction == "analog":
+      if self.mapping.signed != "differential":
+        raise ValueError(
+            "`pair_subtraction` = 'analog' needs differential pairs "
+            f"(mapping.signed='differential'), got "
+            f"mapping.signed={self.mapping.signed!r}")
+      if self.adc.bits is not None and self.adc.bits < 2:
+        raise ValueError(
+            "`pair_subtraction` = 'analog' needs a bipolar ADC with "
+            f"`adc.bits` >= 2 (one bit is the sign) or None, got "
+            f"adc.bits={self.adc.bits}")
     if (isinstance(self.aam_paths, bool)
         or not isinstance(self.aam_paths, int) or self.aam_paths < 1):
       raise ValueError(f"`aam_paths` must be an int >= 1, got "
@@ -489,7 +512,7 @@ def _fold(chip: Chip, spec: Spec, direction: str) -> jax.Array:
     raise ValueError("this chip was programmed without backward G_eff: "
                      "program it with spec.backward='transposed_read'")
   if forward and not (spec.adc.offset_sigma == 0 and spec.adc.gain_sigma == 0):
-    g = g * (1 + chip.adc_gain[..., None, :])
+    g = g * (1 + _pair_adcs(chip.adc_gain, spec, axis=1)[..., None, :])
   w = jnp.einsum("sptumn,s->ptumn", g, sw) / (d.g_max - d.g_min)
   if spec.mapping.signed == "differential":
     w = w[0] - w[1]
@@ -554,7 +577,7 @@ def _scan_tile_rows(q, chip: Chip, spec: Spec, reduce, init, g_eff=None):
     reduce: `(acc, i, r, c) -> acc` with `i` the currents `[Q, B, S, P, Tc,
       N]` (amperes) of tile row `r` in input cycle `c`.
     init: initial accumulator.
-    g_eff: overrides `chip.g_eff` (read noise).
+    g_eff: overrides `chip.g_eff` (read noise, `_one_product_per_pair`).
   """
   g_eff = chip.g_eff if g_eff is None else g_eff
   dac = spec.dac
@@ -594,12 +617,50 @@ def _scan_tile_rows(q, chip: Chip, spec: Spec, reduce, init, g_eff=None):
   return acc
 
 
+def _analog(spec: Spec) -> bool:
+  return spec.pair_subtraction == "analog"
+
+
+def _pair_adcs(a, spec: Spec, axis: int):
+  """Per-column ADC parameters with analog pair subtraction: one ADC per
+  pair (polarity 0's draw, broadcast over both polarities on `axis`)."""
+  if not _analog(spec):
+    return a
+  first = jax.lax.slice_in_dim(a, 0, 1, axis=axis)
+  return jnp.broadcast_to(first, a.shape)
+
+
+def _one_product_per_pair(g_eff, spec: Spec):
+  """`G+_eff - G-_eff` `[S, 1, ...]` when the read may subtract conductances.
+
+  With analog subtraction and an ideal DAC both crossbars of a pair see the
+  same voltages, so `v @ G+ - v @ G- = v @ (G+ - G-)`: one product instead
+  of two. (A divider DAC's voltage depends on each crossbar's row load.)
+  """
+  if _analog(spec) and spec.dac.model == "ideal":
+    return g_eff[:, :1] - g_eff[:, 1:]
+  return g_eff
+
+
+def _subtract_pairs(i, spec: Spec, axis: int):
+  """The currents the ADCs digitize: `I+ - I-` (analog subtraction, keeping a
+  polarity axis of size 1) or the currents themselves (digital)."""
+  if not _analog(spec) or i.shape[axis] == 1:  # Digital, or subtracted.
+    return i
+  return (jax.lax.slice_in_dim(i, 0, 1, axis=axis)
+          - jax.lax.slice_in_dim(i, 1, 2, axis=axis))
+
+
 def _adc_columns(chip: Chip, spec: Spec):
-  """Per-column ADC offset and gain `[Tr, S, P, Tc, N]`, or None when off."""
+  """Per-column ADC offset and gain `[Tr, S, P, Tc, N]`, or None when off.
+
+  With analog pair subtraction P is 1: one ADC per pair."""
   if spec.adc.offset_sigma == 0 and spec.adc.gain_sigma == 0:
     return None, None
-  return (jnp.moveaxis(chip.adc_offset, 2, 0),
-          jnp.moveaxis(chip.adc_gain, 2, 0))
+  offset, gain = chip.adc_offset, chip.adc_gain
+  if _analog(spec):
+    offset, gain = offset[:, :1], gain[:, :1]
+  return jnp.moveaxis(offset, 2, 0), jnp.moveaxis(gain, 2, 0)
 
 
 def _trim(chip: Chip, spec: Spec) -> Chip:
@@ -632,6 +693,7 @@ def _read_forward(x, chip: Chip, spec: Spec, key):
   g_eff = chip.g_eff
   if spec.device.read_noise > 0:
     g_eff = device_lib.read(g_eff, spec.device, key=key)
+  g_eff = _one_product_per_pair(g_eff, spec)
   levels = _input_levels(x, chip, spec)
   q, b = levels.shape[:2]
   s, p, _, tc, _, n = chip.g.shape
@@ -641,20 +703,21 @@ def _read_forward(x, chip: Chip, spec: Spec, key):
                                                     spec.device)]
   offsets, gains = _adc_columns(chip, spec)
   differential = spec.mapping.signed == "differential"
+  adc = periphery.adc_bipolar if _analog(spec) else periphery.adc
 
   def reduce(acc, i, r, c):
     offset = None if offsets is None else offsets[r]
     gain = None if gains is None else gains[r]
-    i = periphery.adc(i, chip.adc_full_scale, spec.adc, offset=offset,
-                      gain=gain)
+    i = adc(_subtract_pairs(i, spec, axis=3), chip.adc_full_scale, spec.adc,
+            offset=offset, gain=gain)
     # Shift-and-add over input cycles and weight slices (RxNN V-A), then the
     # digital sum over fan-in tiles (the scan). Written as a sum of static
     # slices, not an einsum or a reduction over the slice axis (which XLA's
     # CPU backend runs ~10x slower), so that it fuses with the ADC into one
     # pass over the currents.
     i = sum(i[:, :, k] * sw[k] for k in range(len(sw))) * cw[c]
-    if differential:  # Pair subtraction, digital.
-      i = i[:, :, 0] - i[:, :, 1]
+    if differential:  # Pair subtraction, digital (or done before the ADC).
+      i = i[:, :, 0] if _analog(spec) else i[:, :, 0] - i[:, :, 1]
     return acc + i
 
   init = jnp.zeros((q, b, tc, n) if differential else (q, b, p, tc, n), dtype)
@@ -691,7 +754,8 @@ def _read_backward(dy, chip: Chip, spec: Spec, key):
   g_bwd = chip.g_eff_bwd
   if spec.device.read_noise > 0:
     g_bwd = device_lib.read(g_bwd, spec.device, key=key)
-  s, p, tr, tc, m, n = chip.g.shape
+  g_bwd = _one_product_per_pair(g_bwd, spec)
+  s, p, tr, tc, m, n = g_bwd.shape
   offset_scheme = spec.mapping.signed == "offset"
   if spec.dac.model == "ideal":
     # Exact trimming: unused columns are driven at 0 V and add no current;
@@ -729,15 +793,17 @@ def _read_backward(dy, chip: Chip, spec: Spec, key):
     m_read = min(tr * m, chip.fan_in)
     currents = [i[..., t, :].reshape(c, q, b, s, p, tr * m)[..., :m_read]
                 for t in range(tc)]
-  currents = [i.reshape(c, q, b, s, p, m_read) for i in currents]
+  currents = [_subtract_pairs(i.reshape(c, q, b, s, p, m_read), spec, axis=4)
+              for i in currents]
   # Row ADCs: full scale from this error batch (dynamic range, TxSim IV-B),
   # over the rows read.
   if spec.adc.calibration == "max":
-    full_scale = periphery.calibrate(
-        functools.reduce(jnp.maximum, [i.max() for i in currents]), "max")
+    full_scale = periphery.calibrate(functools.reduce(
+        jnp.maximum, [jnp.abs(i).max() for i in currents]), "max")
   else:
-    full_scale = periphery.full_scale(jnp.stack(currents), spec.adc)
-  i = sum(periphery.adc(i, full_scale, spec.adc) for i in currents)
+    full_scale = periphery.full_scale(jnp.abs(jnp.stack(currents)), spec.adc)
+  adc = periphery.adc_bipolar if _analog(spec) else periphery.adc
+  i = sum(adc(i, full_scale, spec.adc) for i in currents)
   # Digital sums over column tiles (above), input cycles and weight slices,
   # as sums of static slices: [Q, B, P, m_read].
   cw = [float(k) for k in periphery.cycle_weights(spec.dac)]
@@ -754,6 +820,8 @@ def _read_backward(dy, chip: Chip, spec: Spec, key):
     base = d.g_min * spec.dac.v_read * sum(sw) * u_sum
     acc = acc[:, :, 0] - base[:, :, None]
     y = 2 * acc / unit - u_sum[:, :, None]
+  elif _analog(spec):  # Subtracted before the ADCs.
+    y = acc[:, :, 0] / unit
   else:
     y = (acc[:, :, 0] - acc[:, :, 1]) / unit
   y = y[0] - y[1]
@@ -830,19 +898,24 @@ def calibrate(chip: Chip, x, spec: Spec) -> Chip:
   calibrated = chip.replace(x_scale=x_scale)
   chip = _trim(calibrated, spec)
   levels = _input_levels(x, chip, spec)
+  g_eff = _one_product_per_pair(chip.g_eff, spec)
+  # What the ADCs digitize: each column's current, or |I+ - I-| of a pair.
+  seen = lambda i: jnp.abs(_subtract_pairs(i, spec, axis=3))
   if spec.adc.calibration == "max":
-    reduce = lambda acc, i, r, c: jnp.maximum(acc, i.max())
+    reduce = lambda acc, i, r, c: jnp.maximum(acc, seen(i).max())
     full = _scan_tile_rows(levels, chip, spec, reduce,
-                           jnp.zeros((), x.dtype))
+                           jnp.zeros((), x.dtype), g_eff=g_eff)
     full = periphery.calibrate(full, "max")  # All-zero data: 1, not 0.
   else:
     # A percentile needs every current: keep calibration batches small.
-    reduce = lambda acc, i, r, c: acc.at[r, c].set(i)
+    reduce = lambda acc, i, r, c: acc.at[r, c].set(seen(i))
     c, (q, b) = periphery.n_cycles(spec.dac), levels.shape[:2]
     s, p, tr, tc, _, n = chip.g.shape
+    p = 1 if _analog(spec) else p
     init = jnp.zeros((tr, c, q, b, s, p, tc, n), x.dtype)
     full = periphery.full_scale(
-        _scan_tile_rows(levels, chip, spec, reduce, init), spec.adc)
+        _scan_tile_rows(levels, chip, spec, reduce, init, g_eff=g_eff),
+        spec.adc)
   return calibrated.replace(adc_full_scale=full.astype(chip.g.dtype))
 
 

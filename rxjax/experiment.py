@@ -92,7 +92,9 @@ def chip_spec(chip: ml_collections.ConfigDict, *, tile_size: int | None = None,
           dac_bits=_bits(chip.dac_bits, "chip.dac_bits"),
           model=chip.dac_model),
       adc=periphery.ADCSpec(bits=_bits(chip.adc_bits, "chip.adc_bits")),
-      inputs=chip.inputs)
+      inputs=chip.inputs,
+      # Work directories written before this field existed read "digital".
+      pair_subtraction=chip.get("pair_subtraction", "digital"))
 
 
 # ---------------------------------------------------------------------------

@@ -518,6 +518,57 @@ def adc(i, full_scale, adc: ADCSpec, *, offset=None, gain=None) -> jax.Array:
   return code / levels * full_scale
 
 
+def adc_bipolar(i, full_scale, adc: ADCSpec, *, offset=None,
+                gain=None) -> jax.Array:
+  """Reading of signed currents by a bipolar (sign-magnitude) ADC.
+
+  Used with analog pair subtraction (`crossbar.Spec.pair_subtraction =
+  "analog"`), where the sense amplifier digitizes `I+ - I-`. With `z = i /
+  full_scale`, per-column gain and offset as in `adc`, the transfer curve
+  of `adc` applied odd-symmetrically (`sign(z) curve(|z|)`), clipping to
+  [-1, 1] and `code = round(z' L)` with `L = 2**(bits - 1) - 1`: `2 L + 1`
+  levels symmetric about an exact zero, a step of `full_scale / L` (twice
+  the unipolar step of the same bits: one bit holds the sign).
+
+  With `bits` None there is no clipping or quantization and, with gain,
+  offset and alpha off, the result is `i` exactly.
+
+  Args:
+    i: `[..., N]` signed currents (amperes).
+    full_scale: full-scale current (amperes, > 0), broadcastable to i.
+    adc: the ADC spec (static); `bits` None or >= 2.
+    offset: per-column offset (fraction of full scale) or None.
+    gain: per-column relative gain error or None.
+
+  Returns:
+    Readings in amperes, the shape and dtype of i.
+  """
+  if adc.bits is not None and adc.bits < 2:
+    raise ValueError(f"a bipolar ADC needs `bits` >= 2 (one is the sign), "
+                     f"got bits={adc.bits}")
+  i = _float_array(i)
+  full_scale = jnp.asarray(full_scale, i.dtype)
+  if adc.bits is None:  # In amperes, so that the ideal ADC returns i.
+    y = i
+    if gain is not None:
+      y = y * (1 + jnp.asarray(gain, i.dtype))
+    if offset is not None:
+      y = y + jnp.asarray(offset, i.dtype) * full_scale
+    if adc.nonlinearity != 0:
+      y = y + (jnp.sign(y) * adc.nonlinearity * full_scale
+               * _curve_correction(jnp.abs(y) / full_scale))
+    return y
+  z = i / full_scale
+  if gain is not None:
+    z = z * (1 + jnp.asarray(gain, i.dtype))
+  if offset is not None:
+    z = z + jnp.asarray(offset, i.dtype)
+  if adc.nonlinearity != 0:
+    z = z + jnp.sign(z) * adc.nonlinearity * _curve_correction(jnp.abs(z))
+  levels = 2.0 ** (adc.bits - 1) - 1
+  return jnp.round(jnp.clip(z, -1, 1) * levels) / levels * full_scale
+
+
 def adc_codes(i, full_scale, adc: ADCSpec, *, offset=None,
               gain=None) -> jax.Array:
   """Integer output codes of the ADC (see `adc`): `[..., N]` int32 in [0, L].

@@ -165,6 +165,58 @@ def test_adc_readout_matches_numpy():
   np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-12)
 
 
+def _bipolar_numpy(i, fs, bits, offset=0.0, gain=0.0):
+  """Sign-magnitude ADC reading from its documented formula."""
+  levels = 2 ** (bits - 1) - 1
+  z = np.clip(i / fs * (1 + gain) + offset, -1, 1)
+  return np.round(z * levels) / levels * fs
+
+
+def test_analog_pair_subtraction_matches_numpy():
+  """Analog pair subtraction: per tile, slice and input cycle, the sense
+  amplifier subtracts the pair's column currents and one bipolar 5-bit ADC
+  (with its column's offset and gain) digitizes I+ - I-, calibrated on the
+  largest |I+ - I-|; then shift-and-add and the sum over tiles, in NumPy
+  from the chip's G_eff. Two slices, two input cycles, 2 x 2 tiles."""
+  spec = _small_tiles(Spec(
+      wires=RERAM_WIRES, inputs="non_negative", pair_subtraction="analog",
+      mapping=dataclasses.replace(Spec().mapping, weight_bits=4),
+      dac=periphery.DACSpec(input_bits=4, dac_bits=2),
+      adc=periphery.ADCSpec(bits=5, offset_sigma=0.01, gain_sigma=0.02)))
+  x, w = _data(8, 4, 12, 9, signed=False)
+  w = w - 1.0  # Mostly negative: the largest |I+ - I-| is a negative one.
+  chip = crossbar.calibrate(
+      crossbar.program(w, spec, key=jax.random.key(3)), x, spec)
+  y = crossbar.read(x, chip, spec)
+
+  g_eff = np.asarray(chip.g_eff)  # [S, P, Tr, Tc, M, N]
+  s, p, tr, tc, m, n = g_eff.shape
+  assert (s, p, tr, tc) == (2, 2, 2, 2)
+  x01 = np.pad(np.asarray(x) / float(chip.x_scale), [(0, 0), (0, tr * m - 12)])
+  u = np.asarray(periphery.stream(x01, spec.dac))  # [C, B, Tr M]
+  v = u.reshape(u.shape[:2] + (tr, m)) * spec.dac.v_read
+  i = np.einsum("cbrm,sprtmn->cbsprtn", v, g_eff)
+  diff = i[:, :, :, 0] - i[:, :, :, 1]  # [C, B, S, Tr, Tc, N]
+  fs = float(chip.adc_full_scale)
+  assert fs == pytest.approx(np.abs(diff).max(), rel=1e-12)
+  assert -diff.min() > diff.max()
+  offset = np.asarray(chip.adc_offset)[:, 0]  # Polarity 0's ADC per pair.
+  gain = np.asarray(chip.adc_gain)[:, 0]
+  assert np.abs(offset).max() > 0 and np.abs(gain).max() > 0
+  q = _bipolar_numpy(diff, fs, 5, offset, gain)
+  cw = periphery.cycle_weights(spec.dac)
+  sw = mapping.slice_weights(spec.mapping, spec.device)
+  acc = np.einsum("cbsrtn,c,s->btn", q, cw, sw)
+  d = spec.device
+  ref = (acc.reshape(4, -1)[:, :9] / (spec.dac.v_read * (d.g_max - d.g_min))
+         * float(chip.x_scale * chip.w_scale))
+  np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-12)
+  # Not the digital subtraction of the same chip (calibrated its own way).
+  digital = spec.replace(pair_subtraction="digital")
+  y_dig = crossbar.read(x, crossbar.calibrate(chip, x, digital), digital)
+  assert float(jnp.abs(y - y_dig).max()) > 1e-3 * float(jnp.abs(y).max())
+
+
 def test_divider_dac_matches_numpy():
   spec = _small_tiles(_ideal(
       wires=RERAM_WIRES, inputs="non_negative",
@@ -336,6 +388,13 @@ def test_bad_inputs_raise_clear_errors():
          dac=periphery.DACSpec(model="divider_exact"))
   with pytest.raises(TypeError, match="wires"):
     Spec(wires=(1.0, 4.6))
+  with pytest.raises(ValueError, match="pair_subtraction"):
+    Spec(pair_subtraction="optical")
+  with pytest.raises(ValueError, match="mapping.signed='offset'"):
+    Spec(pair_subtraction="analog",
+         mapping=dataclasses.replace(Spec().mapping, signed="offset"))
+  with pytest.raises(ValueError, match="adc.bits=1"):
+    Spec(pair_subtraction="analog", adc=periphery.ADCSpec(bits=1))
   with pytest.raises(ValueError, match="r_row"):
     Spec(wires=circuit.Wires(r_row=-1.0))
   x, w = _data(16, 2, 10, 5)
@@ -393,15 +452,18 @@ def test_solve_tiles_equals_a_solve_per_tile(backward):
     crossbar.program(ws[0], spec, key=keys[0], solved=solved[1])
 
 
-@pytest.mark.parametrize("signed", ["differential", "offset"])
+@pytest.mark.parametrize("signed", ["differential", "offset", "analog"])
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_fold_is_the_linear_read(signed, direction):
-  """`W_eff` from `fold` reproduces `read` of a linear chip, both ways."""
+  """`W_eff` from `fold` reproduces `read` of a linear chip, both ways
+  ("analog": differential pairs subtracted before one ADC per pair)."""
+  pairs = "analog" if signed == "analog" else "digital"
+  signed = "differential" if signed == "analog" else signed
   spec = _small_tiles(Spec(
       dac=periphery.DACSpec.ideal(),
       adc=periphery.ADCSpec(bits=None, gain_sigma=0.05),
       mapping=dataclasses.replace(Spec().mapping, signed=signed),
-      backward="transposed_read"))
+      backward="transposed_read", pair_subtraction=pairs))
   assert spec.linear
   x, w = _data(3, 5, 19, 13)
   chip = crossbar.calibrate(crossbar.program(w, spec, key=jax.random.key(2)),
@@ -489,17 +551,21 @@ def test_reprogram_interpolates_the_distortion_of_changed_weights():
   assert errors[0] < errors[1] < errors[2]
 
 
-@pytest.mark.parametrize("fan_in,fan_out", [(7, 5), (20, 9), (20, 13)])
-def test_backward_read_with_adc_matches_numpy(fan_in, fan_out):
+@pytest.mark.parametrize("fan_in,fan_out,pairs", [
+    (7, 5, "digital"), (20, 9, "digital"), (20, 13, "digital"),
+    (20, 13, "analog")])
+def test_backward_read_with_adc_matches_numpy(fan_in, fan_out, pairs):
   """The transposed read with bit-streamed errors, 4 slices and 5-bit row
   ADCs, against NumPy from the chip's backward G_eff: per-tile row currents,
   ADC range = max current over the rows that carry the fan-in, shift-and-add
   over cycles and slices, pair subtraction. Covers one tile (rows and
   columns trimmed), several tile rows (padding rows in the last) and several
-  tile columns."""
+  tile columns. With analog pair subtraction the row ADCs are bipolar and
+  digitize the pair's difference."""
   spec = _small_tiles(Spec(backward="transposed_read",
                            adc=periphery.ADCSpec(bits=5),
-                           wires=RERAM_WIRES), m=8, n=6)
+                           wires=RERAM_WIRES, pair_subtraction=pairs),
+                      m=8, n=6)
   _, w = _data(21, 1, fan_in, fan_out)
   dy = np.random.default_rng(22).normal(size=(3, fan_out))
   chip = crossbar.program(w, spec, key=jax.random.key(9))
@@ -515,13 +581,19 @@ def test_backward_read_with_adc_matches_numpy(fan_in, fan_out):
   # Row currents of every tile: [C, Q, B, S, P, Tr, Tc, M].
   i = np.einsum("cqbtn,sprtmn->cqbsprtm", v, g)
   rows = np.arange(tr * m).reshape(tr, m) < fan_in  # Rows read.
-  full_scale = i[..., rows[:, None, :].repeat(tc, 1)].max()
-  i = np.asarray(periphery.adc(i, full_scale, spec.adc)).sum(6)
+  if pairs == "analog":
+    i = i[:, :, :, :, :1] - i[:, :, :, :, 1:]
+  full_scale = np.abs(i[..., rows[:, None, :].repeat(tc, 1)]).max()
+  if pairs == "analog":
+    i = _bipolar_numpy(i, full_scale, 5).sum(6)
+  else:
+    i = np.asarray(periphery.adc(i, full_scale, spec.adc)).sum(6)
   cw = periphery.cycle_weights(spec.dac)
   sw = mapping.slice_weights(spec.mapping, spec.device)
   acc = np.einsum("cqbsprm,c,s->qbprm", i, cw, sw)
   d = spec.device
-  z = (acc[:, :, 0] - acc[:, :, 1]) / (spec.dac.v_read * (d.g_max - d.g_min))
+  acc = acc if pairs == "analog" else acc[:, :, :1] - acc[:, :, 1:]
+  z = acc[:, :, 0] / (spec.dac.v_read * (d.g_max - d.g_min))
   z = (z[0] - z[1]).reshape(3, -1)[:, :fan_in]
   np.testing.assert_allclose(y, z * scale * float(chip.w_scale), rtol=1e-9,
                              atol=1e-12 * np.abs(z).max())

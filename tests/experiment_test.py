@@ -175,7 +175,9 @@ def test_chip_spec_reads_every_field():
   config.chip.adc_bits = 0
   config.chip.dac_bits = 2
   config.chip.r_row_ohm = 2.5
+  config.chip.pair_subtraction = "analog"
   spec = experiment.chip_spec(config.chip, tile_size=32, variation=False)
+  assert spec.pair_subtraction == "analog"
   assert spec.mapping.tile_rows == spec.mapping.tile_cols == 32
   assert spec.adc.bits is None and spec.dac.dac_bits == 2
   assert spec.wires.r_row == 2.5 and spec.device.sigma == 0.0

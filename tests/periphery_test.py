@@ -374,6 +374,40 @@ def test_adc_nonlinearity(alpha):
                              / 255, atol=1e-15)
 
 
+@pytest.mark.parametrize("bits", [2, 5, 8])
+def test_adc_bipolar_is_sign_magnitude(bits):
+  """The bipolar ADC of analog pair subtraction: 2 L + 1 levels, L =
+  2**(bits-1) - 1, symmetric about an exact zero; odd (also its curve);
+  clipped at +-full scale; the unipolar ADC of bits - 1 on |i|."""
+  fs = 4e-6
+  spec = ADCSpec(bits=bits)
+  # Exactly symmetric, with zero, and off the half-step ties (rounding
+  # there depends on the last bit of i / fs).
+  half = (np.arange(1500) + np.sqrt(0.1)) / 1000 * fs
+  i = np.concatenate([-half[::-1], [0.0], half])
+  out = np.asarray(periphery.adc_bipolar(i, fs, spec))
+  levels = 2 ** (bits - 1) - 1
+  np.testing.assert_allclose(out, np.round(np.clip(i / fs, -1, 1) * levels)
+                             / levels * fs, rtol=1e-15, atol=1e-22)
+  assert len(np.unique(out)) == 2 * levels + 1
+  assert periphery.adc_bipolar(np.zeros(1), fs, spec)[0] == 0
+  np.testing.assert_array_equal(out, -out[::-1])
+  assert out[1500] == 0
+  unipolar = periphery.adc(np.abs(i), fs, ADCSpec(bits=bits - 1))
+  np.testing.assert_allclose(out, np.sign(i) * unipolar, rtol=1e-15,
+                             atol=1e-22)
+  curved = ADCSpec(bits=None, nonlinearity=0.5)
+  c = np.asarray(periphery.adc_bipolar(i, fs, curved))
+  np.testing.assert_allclose(c, -c[::-1], rtol=1e-15, atol=1e-22)
+  np.testing.assert_allclose(c[i > 0], periphery.adc(i[i > 0], fs, curved),
+                             rtol=1e-15)
+  ideal = np.random.default_rng(0).normal(size=50) * fs
+  np.testing.assert_array_equal(
+      periphery.adc_bipolar(ideal, fs, ADCSpec.ideal()), ideal)
+  with pytest.raises(ValueError, match="bits=1"):
+    periphery.adc_bipolar(i, fs, ADCSpec(bits=1))
+
+
 def test_adc_per_column_offset_and_gain():
   fs = 1e-5
   n = 5
