@@ -120,6 +120,7 @@ class Workdir:
       except (OSError, ValueError) as e:
         raise ValueError(f"{path} is unreadable ({e}); remove it or use "
                          "another --workdir") from e
+      _fill_added_fields(theirs)
       diff = sorted(_diff(theirs, mine))
       if diff:
         raise ValueError(
@@ -174,6 +175,22 @@ def _tensorboard(path):
     return tensorboard.SummaryWriter(os.path.join(path, "tensorboard"))
   except Exception:  # pylint: disable=broad-except
     return None
+
+
+# Config fields added after work directories were first written, with the
+# value that reproduces what older rxjax did: a run started before a field
+# existed resumes when the field is left at that value.
+_ADDED_FIELDS = {"chip.pair_subtraction": "digital"}
+
+
+def _fill_added_fields(stored: dict) -> None:
+  for dotted, value in _ADDED_FIELDS.items():
+    *parents, leaf = dotted.split(".")
+    node = stored
+    for name in parents:
+      node = node.get(name) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf not in node:
+      node[leaf] = value
 
 
 def _diff(a, b, prefix=""):
@@ -673,7 +690,7 @@ def _latest_variables(path: str, fresh) -> tuple[dict, int] | None:
     if step is None:
       return None
     try:
-      restored = manager.restore(step)
+      restored = manager.restore(step, args=ocp.args.StandardRestore())
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f"cannot read checkpoint {path}/{step}: corrupt "
                        f"({type(e).__name__}: {str(e)[:300]})") from e

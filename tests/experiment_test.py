@@ -127,6 +127,20 @@ def test_a_different_config_in_the_same_workdir_is_refused(finished):
     experiment.train_and_evaluate(_config(num_epochs=3), finished[0])
 
 
+def test_a_workdir_from_before_a_field_existed_resumes_at_its_old_value(
+    tmp_path):
+  # config.json written before `chip.pair_subtraction` existed.
+  stored = json.loads(_config().to_json_best_effort())
+  del stored["chip"]["pair_subtraction"]
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(stored, f)
+  experiment.Workdir(str(tmp_path), _config())  # "digital": what it ran.
+  changed = _config()
+  changed.chip.pair_subtraction = "analog"
+  with pytest.raises(ValueError, match="chip.pair_subtraction"):
+    experiment.Workdir(str(tmp_path), changed)
+
+
 def test_eval_restores_the_checkpoint_and_writes_eval_json(finished):
   workdir, summary = finished
   result = experiment.evaluate(_config(), workdir)
