@@ -512,7 +512,7 @@ def _fold(chip: Chip, spec: Spec, direction: str) -> jax.Array:
     raise ValueError("this chip was programmed without backward G_eff: "
                      "program it with spec.backward='transposed_read'")
   if forward and not (spec.adc.offset_sigma == 0 and spec.adc.gain_sigma == 0):
-    g = g * (1 + _pair_adcs(chip.adc_gain, spec, axis=1)[..., None, :])
+    g = g * (1 + _pair_adc_params(chip.adc_gain, spec)[..., None, :])
   w = jnp.einsum("sptumn,s->ptumn", g, sw) / (d.g_max - d.g_min)
   if spec.mapping.signed == "differential":
     w = w[0] - w[1]
@@ -621,13 +621,10 @@ def _analog(spec: Spec) -> bool:
   return spec.pair_subtraction == "analog"
 
 
-def _pair_adcs(a, spec: Spec, axis: int):
-  """Per-column ADC parameters with analog pair subtraction: one ADC per
-  pair (polarity 0's draw, broadcast over both polarities on `axis`)."""
-  if not _analog(spec):
-    return a
-  first = jax.lax.slice_in_dim(a, 0, 1, axis=axis)
-  return jnp.broadcast_to(first, a.shape)
+def _pair_adc_params(a, spec: Spec):
+  """Per-column ADC parameters `[S, P, ...]` of the ADCs that exist: with
+  analog pair subtraction one per pair, polarity 0's draw (`[S, 1, ...]`)."""
+  return a[:, :1] if _analog(spec) else a
 
 
 def _one_product_per_pair(g_eff, spec: Spec):
@@ -657,10 +654,8 @@ def _adc_columns(chip: Chip, spec: Spec):
   With analog pair subtraction P is 1: one ADC per pair."""
   if spec.adc.offset_sigma == 0 and spec.adc.gain_sigma == 0:
     return None, None
-  offset, gain = chip.adc_offset, chip.adc_gain
-  if _analog(spec):
-    offset, gain = offset[:, :1], gain[:, :1]
-  return jnp.moveaxis(offset, 2, 0), jnp.moveaxis(gain, 2, 0)
+  return (jnp.moveaxis(_pair_adc_params(chip.adc_offset, spec), 2, 0),
+          jnp.moveaxis(_pair_adc_params(chip.adc_gain, spec), 2, 0))
 
 
 def _trim(chip: Chip, spec: Spec) -> Chip:
@@ -689,8 +684,9 @@ def _trim(chip: Chip, spec: Spec) -> Chip:
 
 
 # Currents per scan step (elements) above which a digital-pair read runs the
-# two polarities as separate scans (`_read_forward`). One slice at batch 256
-# (2**19 per step) is faster joint: 8.8 ms against 11.0 ms split.
+# two polarities as separate scans (`_read_forward`). One slice of a 1024 x
+# 1024 layer at batch 256 (2**19 per step) is faster joint: 12.2-12.5 ms
+# against 13.9-14.0 ms split (two runs, in a slow spell of the VM).
 _SPLIT_CURRENTS = 2**20
 
 

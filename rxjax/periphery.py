@@ -457,7 +457,15 @@ def _curve_correction(z):
   return jnp.where(z < 0, z, jnp.where(z > 1, 1 - z, z * (1 - z)))
 
 
-def _normalized_reading(i, full_scale, adc: ADCSpec, offset, gain):
+def _curve(z, alpha, odd):
+  """The transfer curve's correction `alpha h(z)`; odd: `sign(z) h(|z|)`."""
+  if odd:
+    return jnp.sign(z) * alpha * _curve_correction(jnp.abs(z))
+  return alpha * _curve_correction(z)
+
+
+def _normalized_reading(i, full_scale, adc: ADCSpec, offset, gain,
+                        odd=False):
   """z' = curve(z (1 + gain) + offset), z = i / full_scale, unclipped.
 
   Multiplies by the reciprocal of the (scalar or per-column) full scale:
@@ -470,8 +478,22 @@ def _normalized_reading(i, full_scale, adc: ADCSpec, offset, gain):
   if offset is not None:
     z = z + jnp.asarray(offset, i.dtype)
   if adc.nonlinearity != 0:
-    z = z + adc.nonlinearity * _curve_correction(z)
+    z = z + _curve(z, adc.nonlinearity, odd)
   return z
+
+
+def _unquantized_reading(i, full_scale, adc: ADCSpec, offset, gain,
+                         odd=False):
+  """The reading without clipping or quantization (`bits` None), computed
+  in amperes so that with gain, offset and alpha off it is `i` exactly."""
+  y = i
+  if gain is not None:
+    y = y * (1 + jnp.asarray(gain, i.dtype))
+  if offset is not None:
+    y = y + jnp.asarray(offset, i.dtype) * full_scale
+  if adc.nonlinearity != 0:
+    y = y + full_scale * _curve(y / full_scale, adc.nonlinearity, odd)
+  return y
 
 
 def adc(i, full_scale, adc: ADCSpec, *, offset=None, gain=None) -> jax.Array:
@@ -509,14 +531,7 @@ def adc(i, full_scale, adc: ADCSpec, *, offset=None, gain=None) -> jax.Array:
   i = _float_array(i)
   full_scale = jnp.asarray(full_scale, i.dtype)
   if adc.bits is None:
-    y = i
-    if gain is not None:
-      y = y * (1 + jnp.asarray(gain, i.dtype))
-    if offset is not None:
-      y = y + jnp.asarray(offset, i.dtype) * full_scale
-    if adc.nonlinearity != 0:
-      y = y + adc.nonlinearity * full_scale * _curve_correction(y / full_scale)
-    return y
+    return _unquantized_reading(i, full_scale, adc, offset, gain)
   levels = 2.0 ** adc.bits - 1
   z = _normalized_reading(i, full_scale, adc, offset, gain)
   code = jnp.round(jnp.clip(z, 0, 1) * levels)
@@ -553,23 +568,9 @@ def adc_bipolar(i, full_scale, adc: ADCSpec, *, offset=None,
                      f"got bits={adc.bits}")
   i = _float_array(i)
   full_scale = jnp.asarray(full_scale, i.dtype)
-  if adc.bits is None:  # In amperes, so that the ideal ADC returns i.
-    y = i
-    if gain is not None:
-      y = y * (1 + jnp.asarray(gain, i.dtype))
-    if offset is not None:
-      y = y + jnp.asarray(offset, i.dtype) * full_scale
-    if adc.nonlinearity != 0:
-      y = y + (jnp.sign(y) * adc.nonlinearity * full_scale
-               * _curve_correction(jnp.abs(y) / full_scale))
-    return y
-  z = i * (1 / full_scale)  # (See `_normalized_reading`.)
-  if gain is not None:
-    z = z * (1 + jnp.asarray(gain, i.dtype))
-  if offset is not None:
-    z = z + jnp.asarray(offset, i.dtype)
-  if adc.nonlinearity != 0:
-    z = z + jnp.sign(z) * adc.nonlinearity * _curve_correction(jnp.abs(z))
+  if adc.bits is None:
+    return _unquantized_reading(i, full_scale, adc, offset, gain, odd=True)
+  z = _normalized_reading(i, full_scale, adc, offset, gain, odd=True)
   levels = 2.0 ** (adc.bits - 1) - 1
   return jnp.round(jnp.clip(z, -1, 1) * levels) * (full_scale / levels)
 
