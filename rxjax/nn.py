@@ -43,6 +43,7 @@ import contextvars
 import functools
 import itertools
 import math
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -88,13 +89,20 @@ def _tuple(value, n: int, name: str) -> tuple[int, ...]:
   return value
 
 
+# Flax's padding modes that pad the input itself (then convolve 'VALID').
+_INPUT_PADDING = ("CIRCULAR", "REFLECT", "CAUSAL")
+
+
 def _padding(padding, n: int):
   if isinstance(padding, str):
-    if padding.upper() in ("SAME", "VALID"):
+    if padding in _INPUT_PADDING:
+      return padding
+    if padding.upper() in ("SAME", "SAME_LOWER", "VALID"):
       return padding.upper()
-    raise NotImplementedError(
-        f"conv padding {padding!r} is not supported on crossbars; use "
-        "'SAME', 'VALID' or explicit sizes")
+    raise ValueError(
+        f"`padding` must be 'SAME', 'SAME_LOWER', 'VALID', one of "
+        f"{_INPUT_PADDING} (as Flax spells them), an int or {n} ints or "
+        f"(low, high) pairs; got {padding!r}")
   if isinstance(padding, int):
     return ((padding, padding),) * n
   padding = tuple(padding)
@@ -135,12 +143,33 @@ class _Conv:
     self.lhs_dilation = _tuple(input_dilation, nd, "input_dilation")
     self.rhs_dilation = _tuple(kernel_dilation, nd, "kernel_dilation")
     self.groups = groups
+    self.input_padding = None
+    if self.padding in _INPUT_PADDING:
+      if self.padding == "CAUSAL" and nd != 1:
+        raise ValueError("'CAUSAL' padding is only implemented for 1-D "
+                         f"convolutions (as in Flax); got {nd} spatial dims")
+      self.input_padding, self.padding = self.padding, "VALID"
+
+  def pad_input(self, x):
+    """`[B, *s, C]` padded as Flax's 'CIRCULAR' (wrap), 'REFLECT' or
+    'CAUSAL' (zeros on the left) padding does; others: unchanged."""
+    if self.input_padding is None:
+      return x
+    if self.input_padding == "CAUSAL":
+      pads = [(self.rhs_dilation[0] * (self.k[0] - 1), 0)]
+    else:
+      window = [(k - 1) * d + 1 for k, d in zip(self.k, self.rhs_dilation)]
+      pads = [((w - 1) // 2, w // 2) for w in window]
+    mode = {"CIRCULAR": "wrap", "REFLECT": "reflect", "CAUSAL": "constant"}
+    return jnp.pad(x, [(0, 0)] + pads + [(0, 0)],
+                   mode=mode[self.input_padding])
 
   def dims(self):
-    spatial = "DHW"[3 - self.nd:] if self.nd <= 3 else None
-    if spatial is None:
-      raise NotImplementedError("convolutions of more than 3 spatial dims")
-    return ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+    """Channels last, any number of spatial dims (as Flax's `nn.Conv`)."""
+    nd = self.nd
+    lhs = (0, nd + 1) + tuple(range(1, nd + 1))
+    rhs = (nd + 1, nd) + tuple(range(nd))
+    return jax.lax.ConvDimensionNumbers(lhs, rhs, lhs)
 
   def __call__(self, x, kernel):
     """The digital convolution `[B, *s, C] x [*k, C / G, F]`."""
@@ -477,11 +506,18 @@ def dense_on_chip(module: nn.Module, x, kernel, spec: Spec | None):
 
 def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
                  spec: Spec | None):
-  """The convolution (no bias) of a Conv layer, on its chips when set."""
+  """The convolution (no bias) of a Conv layer, on its chips when set.
+
+  `x`: `[*batch, *spatial, C]` with any number of batch dims (none
+  included), as Flax's `nn.Conv` takes it.
+  """
   x = jnp.asarray(x)
-  unbatched = x.ndim == conv.nd + 1
-  if unbatched:
-    x = x[None]
+  if x.ndim < conv.nd + 1:
+    raise ValueError(
+        f"a {conv.nd}-D convolution needs inputs [*batch, *spatial, "
+        f"channels] of at least {conv.nd + 1} dims, got shape {x.shape}")
+  batch = x.shape[:x.ndim - conv.nd - 1]
+  x = conv.pad_input(x.reshape((-1,) + x.shape[len(batch):]))
   if spec is None:
     y = conv(x, kernel)
   else:
@@ -518,7 +554,7 @@ def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
         y = _per_group(read, p, w, chips, keys)
       y = jnp.moveaxis(y, 0, 1).reshape(
           (x.shape[0],) + out_spatial + (kernel.shape[-1],)).astype(x.dtype)
-  return y[0] if unbatched else y
+  return y.reshape(batch + y.shape[1:])
 
 
 # ---------------------------------------------------------------------------
@@ -550,9 +586,11 @@ class CrossbarDense(nn.Dense):
 class CrossbarConv(nn.Conv):
   """`nn.Conv` on crossbar chips (`spec`; None: digital), channels last.
 
-  Any kernel size, strides, 'SAME' / 'VALID' / explicit padding, input and
-  kernel dilation and feature groups (each group its own matrix and tiles).
-  Same parameters as `nn.Conv`.
+  Any number of spatial dims, kernel size, strides, padding ('SAME',
+  'VALID', explicit, and Flax's input paddings 'CIRCULAR', 'REFLECT',
+  'CAUSAL'), input and kernel dilation, feature groups (each group its own
+  matrix and tiles) and weight masks (masked weights are programmed as
+  zeros). Same parameters as `nn.Conv`.
   """
 
   spec: Spec | None = None
@@ -570,12 +608,23 @@ class CrossbarConv(nn.Conv):
         "kernel", self.kernel_init,
         conv.k + (c_in // self.feature_group_count, self.features),
         self.param_dtype)
+    kernel = _masked(self, kernel)
     y = conv_on_chip(self, inputs, kernel, conv, self.spec)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,),
                         self.param_dtype)
       y = y + bias.astype(y.dtype)
     return y
+
+
+def _masked(module: nn.Conv, kernel):
+  """The kernel times `module.mask`, as `nn.Conv` applies it."""
+  if module.mask is None:
+    return kernel
+  if module.mask.shape != kernel.shape:
+    raise ValueError(f"`mask` must have the kernel's shape {kernel.shape}, "
+                     f"got {module.mask.shape}")
+  return kernel * module.mask
 
 
 def _geometry(module: nn.Conv) -> _Conv:
@@ -589,9 +638,27 @@ def _geometry(module: nn.Conv) -> _Conv:
 # Any Linen model on crossbars.
 
 
+_WARNED_DIGITAL = set()  # Layer classes already reported as digital.
+
+
+def _warn_digital(module: nn.Module):
+  """Warns once per class that a layer with weights stays digital."""
+  name = type(module).__name__
+  if name not in _WARNED_DIGITAL:
+    _WARNED_DIGITAL.add(name)
+    warnings.warn(
+        f"{name} layers (first: {'/'.join(module.path) or name}) have a "
+        "kernel but run digitally: on_crossbars maps nn.Dense and nn.Conv "
+        "(and their subclasses) onto crossbars", stacklevel=4)
+
+
 def _interceptor(spec: Spec | None):
   def intercept(next_fun, args, kwargs, context):
     module = context.module
+    if (context.method_name == "__call__"
+        and not isinstance(module, (nn.Dense, nn.Conv))
+        and module.has_variable("params", "kernel")):
+      _warn_digital(module)
     if (context.method_name != "__call__"
         or isinstance(module, (CrossbarDense, CrossbarConv))
         or not isinstance(module, (nn.Dense, nn.Conv))
@@ -602,9 +669,8 @@ def _interceptor(spec: Spec | None):
     if isinstance(module, nn.Dense):
       y = dense_on_chip(module, x, kernel, spec)
     else:
-      if module.mask is not None:
-        raise NotImplementedError("masked convolutions on crossbars")
-      y = conv_on_chip(module, x, kernel, _geometry(module), spec)
+      y = conv_on_chip(module, x, _masked(module, kernel), _geometry(module),
+                       spec)
     if module.use_bias:
       y = y + module.get_variable("params", "bias").astype(y.dtype)
     return y

@@ -38,6 +38,13 @@ CONVS = [
     dict(kernel_size=(3, 3), padding=1, feature_group_count=2),
     dict(kernel_size=(1, 1), input_dilation=2, padding=((1, 0), (0, 1))),
     dict(kernel_size=(5,), padding="SAME"),  # 1-D.
+    # Flax's input paddings, a weight mask, more than 3 spatial dims.
+    dict(kernel_size=(3, 3), padding="CIRCULAR", strides=(1, 2)),
+    dict(kernel_size=(2, 3), padding="REFLECT", kernel_dilation=(2, 1)),
+    dict(kernel_size=(3,), padding="CAUSAL", kernel_dilation=2),
+    dict(kernel_size=(3, 3), padding="SAME_LOWER",
+         mask=np.tril(np.ones((3, 3, 4, 8)))),
+    dict(kernel_size=(2, 2, 2, 2), padding="VALID", strides=2),  # 4-D.
 ]
 
 
@@ -67,7 +74,7 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("conv, spec", [(c, IDEAL) for c in CONVS] + [
-    (c, IDEAL_GENERAL) for c in (CONVS[2], CONVS[3])])
+    (c, IDEAL_GENERAL) for c in (CONVS[2], CONVS[3], CONVS[6], CONVS[9])])
 def test_ideal_chip_reproduces_the_digital_model(conv, spec):
   model, variables, x = _setup(conv)
   chips = rnn.program(model, variables, x, spec, key=jax.random.key(3))
@@ -282,8 +289,48 @@ def test_errors_are_clear():
     rnn.apply(model, variables, {}, x, LINEAR)
   with pytest.raises(ValueError, match="`mode` must be one of"):
     rnn.mode_spec("analog")
-  with pytest.raises(NotImplementedError, match="CIRCULAR"):
-    rnn._Conv((3, 3), 1, "CIRCULAR", 1, 1, 1)
+  with pytest.raises(ValueError, match="`padding` must be"):
+    rnn._Conv((3, 3), 1, "WRAP", 1, 1, 1)
+  with pytest.raises(ValueError, match="'CAUSAL' padding is only"):
+    rnn._Conv((3, 3), 1, "CAUSAL", 1, 1, 1)
+  layer = rnn.CrossbarConv(8, (3, 3), mask=np.ones((3, 3, 2, 8)))
+  with pytest.raises(ValueError, match="`mask` must have the kernel's shape"):
+    layer.init(jax.random.key(0), x)
+
+
+def test_any_batch_dims_as_flax_takes_them():
+  """A conv layer on inputs with two batch dims and with none, against
+  `nn.Conv` in the ideal-chip limit (Flax flattens the batch dims)."""
+  model = nn.Conv(6, (3, 3), padding="CIRCULAR")
+  x = jax.random.normal(jax.random.key(0), (2, 3, 7, 7, 4), jnp.float64)
+  variables = jax.tree.map(lambda a: a.astype(jnp.float64),
+                           model.init(jax.random.key(1), x))
+  chips = rnn.program(model, variables, x, IDEAL, key=jax.random.key(2))
+  for inputs in (x, x[0, 0]):
+    y = rnn.apply(model, variables, chips, inputs, IDEAL)
+    assert y.shape == inputs.shape[:-1] + (6,)
+    assert _rel(y, model.apply(variables, inputs)) < 1e-9
+
+
+def test_layers_left_digital_are_reported(monkeypatch):
+  """Layers with weights that `on_crossbars` does not map warn, once per
+  class; the mapped ones do not."""
+
+  class Mixed(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.DenseGeneral((2, 3))(x)
+      return nn.Dense(4)(nn.DenseGeneral(5)(x.reshape(x.shape[0], -1)))
+
+  monkeypatch.setattr(rnn, "_WARNED_DIGITAL", set())
+  x = jax.random.normal(jax.random.key(0), (3, 6), jnp.float64)
+  variables = Mixed().init(jax.random.key(1), x)
+  with pytest.warns(UserWarning, match="DenseGeneral layers .* run "
+                    "digitally") as record:
+    chips = rnn.program(Mixed(), variables, x, IDEAL, key=jax.random.key(2))
+    rnn.apply(Mixed(), variables, chips, x, IDEAL)
+  assert len(record) == 1 and "Dense_0" not in str(record[0].message)
+  assert set(chips) == {"Dense_0"}  # Only nn.Dense was programmed.
 
 
 def test_modes_from_the_same_parameters():
