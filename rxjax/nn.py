@@ -7,7 +7,8 @@ This module owns how Linen layers run on a chip:
 * `on_crossbars(spec)`: runs any existing Linen model built from `nn.Dense`
   and `nn.Conv` on crossbars without rewriting it (a Flax method
   interceptor). Everything else (activations, pooling, normalization)
-  stays digital.
+  stays digital; layers with a kernel that are neither (`nn.DenseGeneral`,
+  `nn.Einsum`, `nn.ConvTranspose`, `nn.ConvLocal`) warn that they do.
 * `mode_spec`: the three modes from the same parameters: "digital"
   (floating point), "ideal" (converter and device precision only: RxNN's
   Cross-ideal, `Spec.cross_ideal`), "nonideal" (everything on).

@@ -40,7 +40,7 @@ CONVS = [
     dict(kernel_size=(5,), padding="SAME"),  # 1-D.
     # Flax's input paddings, a weight mask, more than 3 spatial dims.
     dict(kernel_size=(3, 3), padding="CIRCULAR", strides=(1, 2)),
-    dict(kernel_size=(2, 3), padding="REFLECT", kernel_dilation=(2, 1)),
+    dict(kernel_size=(2, 3), padding="REFLECT", kernel_dilation=(1, 2)),
     dict(kernel_size=(3,), padding="CAUSAL", kernel_dilation=2),
     dict(kernel_size=(3, 3), padding="SAME_LOWER",
          mask=np.tril(np.ones((3, 3, 4, 8)))),
