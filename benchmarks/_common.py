@@ -18,6 +18,26 @@ def best(fn, *args, repeats: int = 7) -> float:
   return min(times)
 
 
+def best_interleaved(calls: dict, repeats: int = 7) -> dict:
+  """Seconds of the fastest call of each `name: (fn, args)`, the calls
+  taken in turns (one of each per round, after one warm-up call each).
+
+  On a shared VM the speed drifts by 10-50% over tens of seconds; timed one
+  after the other, a ratio picks up that drift (LeNet-5's one-slice ratio
+  measured 1.18x and 0.59x in two consecutive runs of `inference_bench.py`
+  at b03a67f). Taken in turns, both sides of a ratio see the same phases.
+  """
+  for fn, args in calls.values():
+    jax.block_until_ready(fn(*args))
+  times = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, (fn, args) in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append(time.perf_counter() - start)
+  return {name: min(t) for name, t in times.items()}
+
+
 def output_dir(out: str | None, quick: bool, prefix: str) -> str:
   """`out`, else docs/figures, else (--quick) a fresh temporary directory."""
   if out is None:

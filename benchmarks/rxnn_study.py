@@ -277,9 +277,9 @@ class Network:
     """
     def compute():
       model, run = self.run.model, self.run
-      chips = jax.jit(lambda v, k: rnn.program(model, v, run.calib, spec,
-                                               key=k))(
-          self.variables, jax.random.fold_in(self.key, size))
+      # The calibration batch as an argument: a constant would be folded.
+      chips = jax.jit(lambda v, x, k: rnn.program(model, v, x, spec, key=k))(
+          self.variables, run.calib, jax.random.fold_in(self.key, size))
       chip_fn = jax.jit(lambda v, c, x: rnn.apply(model, v, c, x, spec))
       digital_fn = jax.jit(model.apply)
       num = den = res = 0.0
