@@ -214,6 +214,35 @@ def time_splu(g: np.ndarray, repeats: int, permc_spec: str):
   return best, g_eff
 
 
+def time_in_turns(size: int, permc_spec: str, seconds: float = 6.0):
+  """(rxjax s per tile in its float64 batch, splu s per tile), the two
+  called in turns for about `seconds`, the best of each.
+
+  The VM's speed drifts by 10-50% over tens of seconds, and the table's
+  two sides are timed apart (splu in its own process): on 2026-11-24 the
+  64 x 64 ratio so measured ranged from 8.3x to 16.5x in four runs. Taken
+  in turns, both see the same phases.
+  """
+  import scipy.sparse.linalg as spla
+  batch = BATCH.get(size, 1)
+  g = jax.device_put(tiles(size, batch))
+  fn = jax.jit(functools.partial(rxjax.effective_conductance, wires=WIRES))
+  compiled = fn.lower(g).compile()
+  compiled(g).block_until_ready()
+  k, rhs, _ = nodal_system(tiles(size, 1)[0])
+  spla.splu(k, permc_spec=permc_spec).solve(rhs)
+  rx, sp = [], []
+  end = time.perf_counter() + seconds
+  while time.perf_counter() < end or len(rx) < 3:
+    start = time.perf_counter()
+    compiled(g).block_until_ready()
+    rx.append((time.perf_counter() - start) / batch)
+    start = time.perf_counter()
+    spla.splu(k, permc_spec=permc_spec).solve(rhs)
+    sp.append(time.perf_counter() - start)
+  return min(rx), min(sp)
+
+
 # ---------------------------------------------------------------------------
 # Child process: one float64 single-tile measurement with its peak memory.
 
@@ -359,6 +388,14 @@ def main(argv=None) -> None:
         "float64 single-tile run in a fresh process; for rxjax including "
         "XLA compilation, in parentheses the execution alone. "
         f"Load average at the end: {_load()}.")
+  turns = {}
+  for size in sorted(set(sizes) & {64, 128}):
+    if size <= splu_max:
+      rx_t, sp_t = time_in_turns(size, args.permc)
+      turns[size] = sp_t / rx_t
+      print(f"In turns, {size} x {size} float64: rxjax {rx_t * 1e3:.3g} "
+            f"ms/tile (batch {BATCH[size]}), splu {sp_t * 1e3:.3g} ms: "
+            f"{turns[size]:.3g}x", flush=True)
   if busy or _busy():
     print(f"WARNING: the machine was busy (load average {_load()} at the "
           "end); re-measure on a quiet machine before quoting these numbers.")
@@ -378,6 +415,7 @@ def main(argv=None) -> None:
   summary = {
       "ms_per_tile_64_f64": None if b64 is None else b64 * 1e3,
       "speedup_vs_splu_64": ratio(splu_s.get(64), b64),
+      "speedup_vs_splu_64_in_turns": turns.get(64),
       "s_256_f64": s256,
       "speedup_vs_splu_256": ratio(splu_s.get(256), s256),
       "s_512_f64": rxjax_s(512, "float64", 1),
