@@ -329,7 +329,8 @@ def test_layers_left_digital_are_reported(monkeypatch):
                     "digitally") as record:
     chips = rnn.program(Mixed(), variables, x, IDEAL, key=jax.random.key(2))
     rnn.apply(Mixed(), variables, chips, x, IDEAL)
-  assert len(record) == 1 and "Dense_0" not in str(record[0].message)
+  ours = [w for w in record if "run digitally" in str(w.message)]
+  assert len(ours) == 1 and "Dense_0" not in str(ours[0].message)
   assert set(chips) == {"Dense_0"}  # Only nn.Dense was programmed.
 
 
