@@ -22,10 +22,11 @@ def best_interleaved(calls: dict, repeats: int = 7) -> dict:
   """Seconds of the fastest call of each `name: (fn, args)`, the calls
   taken in turns (one of each per round, after one warm-up call each).
 
-  On a shared VM the speed drifts by 10-50% over tens of seconds; timed one
-  after the other, a ratio picks up that drift (LeNet-5's one-slice ratio
-  measured 1.18x and 0.59x in two consecutive runs of `inference_bench.py`
-  at b03a67f). Taken in turns, both sides of a ratio see the same phases.
+  On a shared VM the speed drifts, by up to 70% over tens of seconds;
+  timed one after the other, a ratio picks up that drift (LeNet-5's
+  one-slice ratio measured 1.18x and 0.59x in two consecutive runs of
+  `inference_bench.py` on 2026-11-24, native 17.6 and 29.7 ms). Taken in
+  turns, both sides of a ratio see the same phases.
   """
   for fn, args in calls.values():
     jax.block_until_ready(fn(*args))

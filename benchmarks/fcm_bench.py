@@ -220,8 +220,9 @@ def time_in_turns(size: int, permc_spec: str, seconds: float = 6.0):
 
   The VM's speed drifts by 10-50% over tens of seconds, and the table's
   two sides are timed apart (splu in its own process): on 2026-11-24 the
-  64 x 64 ratio so measured ranged from 8.3x to 16.5x in four runs. Taken
-  in turns, both see the same phases.
+  64 x 64 ratio so measured ranged from 8.3x to 16.5x in five runs (two of
+  them with JAX 0.10.1 and 0.9.2). Taken in turns, both see the same
+  phases.
   """
   import scipy.sparse.linalg as spla
   batch = BATCH.get(size, 1)

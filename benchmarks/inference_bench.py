@@ -1,6 +1,6 @@
 """Speed of networks on crossbars against native Flax, as ratios in one run.
 
-    python benchmarks/inference_bench.py           # everything (~3 min)
+    python benchmarks/inference_bench.py           # everything (~11-15 min)
     python benchmarks/inference_bench.py --quick   # 10 chips, fewer repeats
 
 Float32, the best of several repeats after a warm-up (compilation excluded);
@@ -56,8 +56,7 @@ def overhead(name, shape, repeats):
   model = models.get(name, num_classes=10)
   x = jax.random.uniform(jax.random.key(0), (256,) + shape, jnp.float32)
   variables = jax.jit(model.init)(jax.random.key(1), x[:1])
-  native = jax.jit(model.apply)
-  calls = {"native": (native, (variables, x))}
+  calls = {"native": (jax.jit(model.apply), (variables, x))}
   for label, spec in (("one_slice", one_slice_spec()),
                       ("default", crossbar.Spec())):
     # Weights and inputs are arguments, as for `model.apply`: closed over,

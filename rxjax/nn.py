@@ -656,15 +656,13 @@ def _warn_digital(module: nn.Module):
 def _interceptor(spec: Spec | None):
   def intercept(next_fun, args, kwargs, context):
     module = context.module
-    if (context.method_name == "__call__"
-        and not isinstance(module, (nn.Dense, nn.Conv))
-        and module.has_variable("params", "kernel")):
-      _warn_digital(module)
     if (context.method_name != "__call__"
         or isinstance(module, (CrossbarDense, CrossbarConv))
-        or not isinstance(module, (nn.Dense, nn.Conv))
         or not module.has_variable("params", "kernel")):
-      return next_fun(*args, **kwargs)  # Init, or not a crossbar layer.
+      return next_fun(*args, **kwargs)  # Init, or a layer without weights.
+    if not isinstance(module, (nn.Dense, nn.Conv)):
+      _warn_digital(module)
+      return next_fun(*args, **kwargs)
     (x,) = args
     kernel = module.get_variable("params", "kernel")
     if isinstance(module, nn.Dense):
