@@ -13,21 +13,30 @@ section 2):
   (the compile time is its own column), timed with `block_until_ready`, best
   of a few repeats. Single tiles and, up to 128 x 128, batches of tiles
   (64 at 16, 32 at 32, 16 at 64, 4 at 128); 256 and 512 are timed as single
-  tiles only.
+  tiles only. The batches are timed twice: jitted (one XLA device) and as
+  the eager call, which splits them over every device. The script exposes
+  the CPU's cores as that many XLA devices (`--devices`, default one per
+  core): XLA runs one device's program of a tile's small dependent steps on
+  about one core.
 * splu: the plain nodal matrix (2MN unknowns: row nodes a, column nodes b;
   the sources folded into the right-hand side as Dirichlet terminals, the
   sense resistors as shunts to ground), assembled vectorized and untimed,
   then `scipy.sparse.linalg.splu` once and one solve for all M unit inputs;
   column j's current is `v_b[M-1, j] / r_sense`. Only factorization + solve
-  is timed. Its G_eff must agree with rxjax float64 to 1e-9 (relative, every
+  is timed. SuperLU runs on one core (OPENBLAS_NUM_THREADS=1 or 2: same
+  times). Its G_eff must agree with rxjax float64 to 1e-9 (relative, every
   entry) or the script fails.
 
 The float64 single-tile rows of both sides run in a fresh subprocess each
 (`--child`), which also reports the process peak RSS increase over a
 baseline taken after importing jax and allocating the inputs (VmHWM after
 resetting it through /proc/self/clear_refs; ru_maxrss where that is not
-possible). For rxjax it includes XLA compilation. The last line of stdout
-is one JSON object.
+possible). For rxjax it includes XLA compilation. At 64 and 128 the float64
+batch (one device and spread) and splu are also timed in turns, with the
+cores each keeps busy (process CPU time over wall time). The last line of
+stdout is one JSON object; its `ms_per_tile_64_f64` and `speedup_vs_splu_64`
+are those of the spread batch (with one device, of the jitted one), the
+`_one_device` keys those of the jitted batch.
 """
 
 from __future__ import annotations
@@ -136,12 +145,27 @@ def _repeats(size: int, splu: bool = False) -> int:
 # rxjax
 
 
-def time_rxjax(g: np.ndarray, repeats: int, after_compile=lambda: None):
-  """(best seconds per call, compile seconds, G_eff) for g: [B, M, N]."""
+def eager(g):
+  """The eager call, which splits a batch over every local device."""
+  return rxjax.effective_conductance(g, WIRES)
+
+
+def time_rxjax(g: np.ndarray, repeats: int, after_compile=lambda: None,
+               spread: bool = False):
+  """(best seconds per call, compile seconds, G_eff) for g: [B, M, N].
+
+  spread: time the eager `rxjax.effective_conductance(g, WIRES)`, which
+  splits the batch over all local devices (compile = its first call);
+  otherwise a jitted call, which runs on one device.
+  """
   g = jax.device_put(g)
-  fn = jax.jit(functools.partial(rxjax.effective_conductance, wires=WIRES))
   start = time.perf_counter()
-  compiled = fn.lower(g).compile()
+  if spread:
+    compiled = eager
+    compiled(g).block_until_ready()
+  else:
+    fn = jax.jit(functools.partial(rxjax.effective_conductance, wires=WIRES))
+    compiled = fn.lower(g).compile()
   compile_s = time.perf_counter() - start
   after_compile()
   if g.shape[-1] < 512:
@@ -214,34 +238,51 @@ def time_splu(g: np.ndarray, repeats: int, permc_spec: str):
   return best, g_eff
 
 
-def time_in_turns(size: int, permc_spec: str, seconds: float = 6.0):
-  """(rxjax s per tile in its float64 batch, splu s per tile), the two
-  called in turns for about `seconds`, the best of each.
+def _cpu_s() -> float:
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
+def time_in_turns(size: int, permc_spec: str, seconds: float = 6.0) -> dict:
+  """rxjax's float64 batch (one device; and spread over every device when
+  there are several) and splu, called in turns for about `seconds`.
+
+  Returns {name: (best s per tile, cores busy)} for "one_device", "spread"
+  (if several devices) and "splu"; cores busy is process CPU time over wall
+  time, summed over that side's calls.
 
   The VM's speed drifts by 10-50% over tens of seconds, and the table's
   two sides are timed apart (splu in its own process): on 2026-11-24 the
   64 x 64 ratio so measured ranged from 8.3x to 16.5x in five runs (two of
-  them with JAX 0.10.1 and 0.9.2). Taken in turns, both see the same
+  them with JAX 0.10.1 and 0.9.2). Taken in turns, all sides see the same
   phases.
   """
   import scipy.sparse.linalg as spla
   batch = BATCH.get(size, 1)
   g = jax.device_put(tiles(size, batch))
   fn = jax.jit(functools.partial(rxjax.effective_conductance, wires=WIRES))
-  compiled = fn.lower(g).compile()
-  compiled(g).block_until_ready()
+  sides = {"one_device": (fn.lower(g).compile(), batch)}
+  if len(jax.devices()) > 1:
+    sides["spread"] = (eager, batch)
   k, rhs, _ = nodal_system(tiles(size, 1)[0])
-  spla.splu(k, permc_spec=permc_spec).solve(rhs)
-  rx, sp = [], []
+  sides["splu"] = (lambda _: spla.splu(k, permc_spec=permc_spec).solve(rhs), 1)
+  for call, _ in sides.values():
+    jax.block_until_ready(call(g))
+  best = {name: np.inf for name in sides}
+  wall = {name: 0.0 for name in sides}
+  cpu = {name: 0.0 for name in sides}
   end = time.perf_counter() + seconds
-  while time.perf_counter() < end or len(rx) < 3:
-    start = time.perf_counter()
-    compiled(g).block_until_ready()
-    rx.append((time.perf_counter() - start) / batch)
-    start = time.perf_counter()
-    spla.splu(k, permc_spec=permc_spec).solve(rhs)
-    sp.append(time.perf_counter() - start)
-  return min(rx), min(sp)
+  turns = 0
+  while time.perf_counter() < end or turns < 3:
+    for name, (call, per) in sides.items():
+      cpu_start, start = _cpu_s(), time.perf_counter()
+      jax.block_until_ready(call(g))
+      elapsed = time.perf_counter() - start
+      cpu[name] += _cpu_s() - cpu_start
+      wall[name] += elapsed
+      best[name] = min(best[name], elapsed / per)
+    turns += 1
+  return {name: (best[name], cpu[name] / wall[name]) for name in sides}
 
 
 # ---------------------------------------------------------------------------
@@ -306,9 +347,13 @@ def main(argv=None) -> None:
   parser.add_argument("--what", choices=("rxjax", "splu"), default="rxjax",
                       help=argparse.SUPPRESS)
   parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--devices", type=int, default=os.cpu_count(),
+                      help="CPU devices for the spread batches (default: "
+                           "one per core; 1 skips them)")
   args = parser.parse_args(argv)
   if args.child is not None:
     return child(args)
+  jax.config.update("jax_num_cpu_devices", args.devices)
 
   sizes = args.sizes or [s for s in ALL_SIZES if not (args.quick and s > 256)]
   splu_max = SPLU_MAX_QUICK if args.quick else max(sizes)
@@ -343,12 +388,14 @@ def main(argv=None) -> None:
         raise SystemExit(f"rxjax float64 and splu G_eff differ by {diff:.2e} "
                          f"at {size}x{size} (> {TOLERANCE:g})")
 
-    def add(dtype, batch, seconds, compile_s, g_eff, **peaks):
-      rows.append(dict(size=size, dtype=dtype, batch=batch,
+    def add(dtype, batch, seconds, compile_s, g_eff, spread=False, **peaks):
+      rows.append(dict(size=size, dtype=dtype, batch=batch, spread=spread,
                        s_tile=seconds / batch, compile_s=compile_s,
                        diff=None if sp_g is None else rel_diff(g_eff, sp_g),
                        **peaks))
-      print(f"#   {size:4d} {dtype} x{batch}: {seconds / batch * 1e3:.4g} "
+      where = f" on {len(jax.devices())} devices" if spread else ""
+      print(f"#   {size:4d} {dtype} x{batch}{where}: "
+            f"{seconds / batch * 1e3:.4g} "
             f"ms/tile" + (f", splu {sp['seconds'] * 1e3:.4g} ms" if sp
                           else ""), flush=True)
 
@@ -356,13 +403,15 @@ def main(argv=None) -> None:
         peak_rx=rx["peak_gb"], run_peak_rx=rx["run_peak_gb"],
         peak_sp=sp["peak_gb"] if sp else None)
     batch = BATCH.get(size, 1)
-    others = [("float32", 1)]
+    others = [("float32", 1, False)]
     if batch > 1:
-      others += [("float64", batch), ("float32", batch)]
-    for dtype, b in others:
+      others += [("float64", batch, False), ("float32", batch, False)]
+      if len(jax.devices()) > 1:
+        others += [("float64", batch, True), ("float32", batch, True)]
+    for dtype, b, spread in others:
       g = tiles(size, b).astype(dtype)
-      seconds, compile_s, g_eff = time_rxjax(g, _repeats(size))
-      add(dtype, b, seconds, compile_s, g_eff[0])
+      seconds, compile_s, g_eff = time_rxjax(g, _repeats(size), spread=spread)
+      add(dtype, b, seconds, compile_s, g_eff[0], spread=spread)
 
   def fmt(x, spec):
     return "-" if x is None else format(x, spec)
@@ -376,7 +425,9 @@ def main(argv=None) -> None:
     sp = splu_s.get(r["size"])
     peak = (f"{r['peak_rx']:.3f} ({r['run_peak_rx']:.3f})"
             if r.get("peak_rx") is not None else "-")
-    print(f"| {r['size']} | {r['dtype']} | {r['batch']} "
+    batch = (f"{r['batch']} on {len(jax.devices())} devices" if r["spread"]
+             else r["batch"])
+    print(f"| {r['size']} | {r['dtype']} | {batch} "
           f"| {r['s_tile'] * 1e3:.4g} | {fmt(sp and sp * 1e3, '.4g')} "
           f"| {fmt(sp and sp / r['s_tile'], '.3g')} | {r['compile_s']:.2f} "
           f"| {fmt(r['diff'], '.1e')} | {peak} "
@@ -384,39 +435,59 @@ def main(argv=None) -> None:
   print()
   print("ms/tile: best of a few repeats (one at 512), compile excluded; "
         "batched rows divide by the batch; 256 and 512 are single tiles only. "
-        "ms splu: factorization + solve of one float64 tile, repeated on "
+        "'on N devices': the eager call, which splits the batch over the "
+        "CPU cores exposed as N XLA devices (compile s: its first call); the "
+        "other rows are jitted calls on one device. "
+        "ms splu: factorization + solve of one float64 tile (single-threaded "
+        "SuperLU), repeated on "
         "every row of its size. Peak GB: process peak RSS increase of the "
         "float64 single-tile run in a fresh process; for rxjax including "
         "XLA compilation, in parentheses the execution alone. "
         f"Load average at the end: {_load()}.")
-  turns = {}
+  turns = {}  # size -> {side: (s per tile, cores busy)}
   for size in sorted(set(sizes) & {64, 128}):
     if size <= splu_max:
-      rx_t, sp_t = time_in_turns(size, args.permc)
-      turns[size] = sp_t / rx_t
-      print(f"In turns, {size} x {size} float64: rxjax {rx_t * 1e3:.3g} "
-            f"ms/tile (batch {BATCH[size]}), splu {sp_t * 1e3:.3g} ms: "
-            f"{turns[size]:.3g}x", flush=True)
+      turns[size] = time_in_turns(size, args.permc)
+      sp_t = turns[size]["splu"][0]
+      sides = [f"{name.replace('_', ' ')} {t * 1e3:.3g} ms/tile, "
+               f"{sp_t / t:.3g}x ({busy_cores:.2f} cores busy)"
+               for name, (t, busy_cores) in turns[size].items()
+               if name != "splu"]
+      print(f"In turns, {size} x {size} float64, batch {BATCH[size]}: "
+            f"{'; '.join(sides)}; splu {sp_t * 1e3:.3g} ms "
+            f"({turns[size]['splu'][1]:.2f} cores busy)", flush=True)
   if busy or _busy():
     print(f"WARNING: the machine was busy (load average {_load()} at the "
           "end); re-measure on a quiet machine before quoting these numbers.")
 
-  def rxjax_s(size, dtype, batch):
-    return next((r["s_tile"] for r in rows if (r["size"], r["dtype"],
-                                               r["batch"]) == (size, dtype,
-                                                               batch)), None)
+  def rxjax_s(size, dtype, batch, spread=False):
+    return next((r["s_tile"] for r in rows
+                 if (r["size"], r["dtype"], r["batch"], r["spread"])
+                 == (size, dtype, batch, spread)), None)
 
   def ratio(a, b):
     return None if a is None or b is None else a / b
 
-  b64 = rxjax_s(64, "float64", BATCH[64])
+  def in_turns(side):
+    got = turns.get(64, {})
+    return ratio(got["splu"][0], got[side][0]) if side in got else None
+
+  # The headline is the call a user makes: spread over the cores when there
+  # are several devices.
+  one = rxjax_s(64, "float64", BATCH[64])
+  b64 = rxjax_s(64, "float64", BATCH[64], spread=True) or one
   s256 = rxjax_s(256, "float64", 1)
   peak_512 = next((r["peak_rx"] for r in rows if r["size"] == 512
                    and r.get("peak_rx") is not None), None)
   summary = {
+      "devices": len(jax.devices()),
       "ms_per_tile_64_f64": None if b64 is None else b64 * 1e3,
       "speedup_vs_splu_64": ratio(splu_s.get(64), b64),
-      "speedup_vs_splu_64_in_turns": turns.get(64),
+      "speedup_vs_splu_64_in_turns": in_turns("spread") or in_turns(
+          "one_device"),
+      "ms_per_tile_64_f64_one_device": None if one is None else one * 1e3,
+      "speedup_vs_splu_64_one_device": ratio(splu_s.get(64), one),
+      "speedup_vs_splu_64_in_turns_one_device": in_turns("one_device"),
       "s_256_f64": s256,
       "speedup_vs_splu_256": ratio(splu_s.get(256), s256),
       "s_512_f64": rxjax_s(512, "float64", 1),
