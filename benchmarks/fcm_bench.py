@@ -16,8 +16,8 @@ section 2):
   tiles only. The batches are timed twice: jitted (one XLA device) and as
   the eager call, which splits them over every device. The script exposes
   the CPU's cores as that many XLA devices (`--devices`, default one per
-  core): XLA runs one device's program of a tile's small dependent steps on
-  about one core.
+  core): one device's program of a tile's small dependent steps keeps
+  about 1.5 of 2 cores busy.
 * splu: the plain nodal matrix (2MN unknowns: row nodes a, column nodes b;
   the sources folded into the right-hand side as Dirichlet terminals, the
   sense resistors as shunts to ground), assembled vectorized and untimed,
@@ -165,7 +165,7 @@ def time_rxjax(g: np.ndarray, repeats: int, after_compile=lambda: None,
   g = jax.device_put(g)
   start = time.perf_counter()
   if spread:
-    compiled = eager
+    compiled = eager  # compiles on its first call
     compiled(g).block_until_ready()
   else:
     fn = jax.jit(functools.partial(rxjax.effective_conductance, wires=WIRES))
