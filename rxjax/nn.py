@@ -104,12 +104,8 @@ def _padding(padding, n: int):
         f"`padding` must be 'SAME', 'SAME_LOWER', 'VALID', one of "
         f"{_INPUT_PADDING} (as Flax spells them), an int or {n} ints or "
         f"(low, high) pairs; got {padding!r}")
-  if isinstance(padding, int):
-    return ((padding, padding),) * n
-  padding = tuple(padding)
-  if len(padding) != n:
-    raise ValueError(f"`padding` must have {n} entries, got {padding}")
-  return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+  # Sizes: Flax's own rules and error; a tuple, hashable like the rest.
+  return tuple(map(tuple, nn.linear.canonicalize_padding(padding, n)))
 
 
 def kernel_to_matrix(kernel, groups: int = 1) -> jax.Array:
