@@ -715,11 +715,12 @@ def _spread_jit(devices, kinds, method):
 def _geff_spread(g, resistances, kinds, method, devices):
   """`_geff_jit` with the tiles of g split evenly over `devices`.
 
-  A tile's solve is a chain of small dependent steps, which one device's
-  program does not spread over two CPU cores: a batch of 16 float64 64 x 64
-  tiles took 3.72 ms per tile on one device and 2.16 ms on a 2-core CPU
-  exposed as two devices. Zero tiles pad the batch to a multiple of the
-  device count; the result goes back to g's device.
+  A tile's solve is a chain of small dependent steps, and one device's
+  program of them keeps about 1.5 of 2 CPU cores busy: a batch of 16
+  float64 64 x 64 tiles took 3.63 ms per tile jitted on one device and 2.30
+  ms through this function on two (benchmarks/fcm_bench.py at 5c0beeb, in
+  turns). Zero tiles pad the batch to a multiple of the device count; the
+  result goes back to g's device.
   """
   m, n = g.shape[-2:]
   flat = g.reshape((-1, m, n))
