@@ -18,9 +18,13 @@ def best(fn, *args, repeats: int = 7) -> float:
   return min(times)
 
 
-def best_interleaved(calls: dict, repeats: int = 7) -> dict:
-  """Seconds of the fastest call of each `name: (fn, args)`, the calls
-  taken in turns (one of each per round, after one warm-up call each).
+def in_turns(calls: dict, repeats: int = 7, seconds: float = 0.0) -> dict:
+  """{name: (seconds of the fastest call, cores busy)} for `name: (fn,
+  args)`, the calls taken in turns (one of each per round, after one
+  warm-up call each) for `repeats` rounds and at least `seconds`.
+
+  Cores busy: this process's CPU time over wall time, summed over that
+  name's calls.
 
   On a shared VM the speed drifts, by up to 70% over tens of seconds;
   timed one after the other, a ratio picks up that drift (LeNet-5's
@@ -30,13 +34,27 @@ def best_interleaved(calls: dict, repeats: int = 7) -> dict:
   """
   for fn, args in calls.values():
     jax.block_until_ready(fn(*args))
-  times = {name: [] for name in calls}
-  for _ in range(repeats):
+  best = {name: float("inf") for name in calls}
+  wall = dict.fromkeys(calls, 0.0)
+  cpu = dict.fromkeys(calls, 0.0)
+  end = time.perf_counter() + seconds
+  rounds = 0
+  while rounds < repeats or time.perf_counter() < end:
     for name, (fn, args) in calls.items():
-      start = time.perf_counter()
+      cpu_start, start = time.process_time(), time.perf_counter()
       jax.block_until_ready(fn(*args))
-      times[name].append(time.perf_counter() - start)
-  return {name: min(t) for name, t in times.items()}
+      elapsed = time.perf_counter() - start
+      cpu[name] += time.process_time() - cpu_start
+      wall[name] += elapsed
+      best[name] = min(best[name], elapsed)
+    rounds += 1
+  return {name: (best[name], cpu[name] / wall[name]) for name in calls}
+
+
+def best_interleaved(calls: dict, repeats: int = 7) -> dict:
+  """{name: seconds of the fastest call}, the calls taken in turns
+  (`in_turns`)."""
+  return {name: t for name, (t, _) in in_turns(calls, repeats).items()}
 
 
 def output_dir(out: str | None, quick: bool, prefix: str) -> str:

@@ -56,6 +56,8 @@ import time
 import jax
 import numpy as np
 
+import _common  # benchmarks/_common.py
+
 jax.config.update("jax_enable_x64", True)
 
 import rxjax  # noqa: E402  (after enabling float64)
@@ -249,11 +251,6 @@ def time_splu(g: np.ndarray, repeats: int, permc_spec: str):
   return best, g_eff
 
 
-def _cpu_s() -> float:
-  r = resource.getrusage(resource.RUSAGE_SELF)
-  return r.ru_utime + r.ru_stime
-
-
 def time_in_turns(size: int, permc_spec: str, seconds: float = 6.0) -> dict:
   """rxjax's float64 batch (one device; and spread over every device when
   there are several) and splu, called in turns for about `seconds`.
@@ -271,28 +268,15 @@ def time_in_turns(size: int, permc_spec: str, seconds: float = 6.0) -> dict:
   import scipy.sparse.linalg as spla
   batch = BATCH.get(size, 1)
   g = jax.device_put(tiles(size, batch))
-  sides = {"one_device": (_jitted(g.shape, g.dtype), batch)}
+  calls = {"one_device": (_jitted(g.shape, g.dtype), (g,))}
   if len(jax.devices()) > 1:
-    sides["spread"] = (eager, batch)
+    calls["spread"] = (eager, (g,))
   k, rhs, _ = nodal_system(tiles(size, 1)[0])
-  sides["splu"] = (lambda _: spla.splu(k, permc_spec=permc_spec).solve(rhs), 1)
-  for call, _ in sides.values():
-    jax.block_until_ready(call(g))
-  best = {name: np.inf for name in sides}
-  wall = {name: 0.0 for name in sides}
-  cpu = {name: 0.0 for name in sides}
-  end = time.perf_counter() + seconds
-  turns = 0
-  while time.perf_counter() < end or turns < 3:
-    for name, (call, per) in sides.items():
-      cpu_start, start = _cpu_s(), time.perf_counter()
-      jax.block_until_ready(call(g))
-      elapsed = time.perf_counter() - start
-      cpu[name] += _cpu_s() - cpu_start
-      wall[name] += elapsed
-      best[name] = min(best[name], elapsed / per)
-    turns += 1
-  return {name: (best[name], cpu[name] / wall[name]) for name in sides}
+  calls["splu"] = (lambda: spla.splu(k, permc_spec=permc_spec).solve(rhs), ())
+  timed = _common.in_turns(calls, repeats=3, seconds=seconds)
+  per_call = {"one_device": batch, "spread": batch, "splu": 1}
+  return {name: (t / per_call[name], busy)
+          for name, (t, busy) in timed.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -454,7 +438,7 @@ def main(argv=None) -> None:
         "float64 single-tile run in a fresh process; for rxjax including "
         "XLA compilation, in parentheses the execution alone. "
         f"Load average at the end: {_load()}.")
-  own_start = (time.perf_counter(), _cpu_s())
+  own_start = (time.perf_counter(), time.process_time())
   turns = {}  # size -> {side: (s per tile, cores busy)}
   for size in sorted(set(sizes) & {64, 128}):
     if size <= splu_max:
@@ -470,7 +454,7 @@ def main(argv=None) -> None:
   # The in-turns section (about 40 s at 64 and 128, just before this)
   # keeps up to two cores busy; its cores busy estimate this process's
   # share of the 1-minute load average.
-  own = (_cpu_s() - own_start[1]) / max(time.perf_counter() - own_start[0],
+  own = (time.process_time() - own_start[1]) / max(time.perf_counter() - own_start[0],
                                         1e-9)
   if busy or _busy(own if turns else 0.0):
     print(f"WARNING: the machine was busy (load average {_load()} at the "
