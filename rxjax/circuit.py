@@ -682,55 +682,6 @@ _geff_jit = jax.jit(_geff_impl, static_argnums=(2, 3))
 _METHODS = ("auto", "sweep", "nested")
 
 
-def _spread_devices(g, resistances):
-  """The local devices an eager batch of tiles is split over, or None.
-
-  Only eager calls with concrete values are spread, and only when `g` is not
-  already laid out over several devices (then jit follows its sharding).
-  Inside a traced function the caller's shardings decide.
-  """
-  if not (_is_concrete(g) and all(map(_is_concrete, resistances))):
-    return None
-  if math.prod(g.shape[:-2]) < 2 or len(g.sharding.device_set) > 1:
-    return None
-  platform = next(iter(g.sharding.device_set)).platform
-  devices = jax.local_devices(backend=platform)
-  return tuple(devices) if len(devices) > 1 else None
-
-
-@functools.lru_cache(maxsize=None)
-def _spread_jit(devices, kinds, method):
-  """`_geff_impl` on each device's share of the tiles (no communication)."""
-  mesh = jax.sharding.Mesh(np.array(devices), ("tiles",))
-  tiles, whole = jax.sharding.PartitionSpec("tiles"), jax.sharding.PartitionSpec()
-  # Each device solves its own tiles; nothing is reduced over devices, so
-  # the varying-axes type check (which rejects the scans' unvarying initial
-  # carries) has nothing to guard.
-  solve = jax.shard_map(
-      functools.partial(_geff_impl, kinds=kinds, method=method), mesh=mesh,
-      in_specs=(tiles, whole), out_specs=tiles, check_vma=False)
-  return jax.jit(solve), jax.sharding.NamedSharding(mesh, tiles)
-
-
-def _geff_spread(g, resistances, kinds, method, devices):
-  """`_geff_jit` with the tiles of g split evenly over `devices`.
-
-  A tile's solve is a chain of small dependent steps, and one device's
-  program of them keeps about 1.5 of 2 CPU cores busy: a batch of 16
-  float64 64 x 64 tiles took 3.63 ms per tile jitted on one device and 2.30
-  ms through this function on two (benchmarks/fcm_bench.py at 5c0beeb, in
-  turns). Zero tiles pad the batch to a multiple of the device count; the
-  result goes back to g's device.
-  """
-  m, n = g.shape[-2:]
-  flat = g.reshape((-1, m, n))
-  count = flat.shape[0]
-  flat = jnp.pad(flat, ((0, -count % len(devices)), (0, 0), (0, 0)))
-  solve, sharding = _spread_jit(devices, kinds, method)
-  out = solve(jax.device_put(flat, sharding), resistances)
-  return jax.device_put(out, g.sharding)[:count].reshape(g.shape)
-
-
 def effective_conductance(g, wires: Wires, *,
                           direction: Direction = "forward",
                           method: str = "auto") -> jax.Array:
@@ -747,13 +698,10 @@ def effective_conductance(g, wires: Wires, *,
       r_row, r_col > 0) or "auto" (the cheaper of the two that applies). Both
       are exact; they agree to rounding.
 
-  Several devices: an eager call (concrete `g` and resistances) splits its
-  tiles evenly over the local devices of `g`'s platform and returns the
-  result on `g`'s device; under jit the shardings of the caller's arrays
-  decide. A CPU host is one device unless JAX is told otherwise, e.g.
-  `jax.config.update("jax_num_cpu_devices", os.cpu_count())` before the
-  first computation: on 2 cores that solves a batch of 16 float64 64 x 64
-  tiles in 2.3 instead of 3.6 ms per tile (benchmarks/fcm_bench.py).
+  Placement: the shardings of `g` decide, eager or under jit. To share a
+  large batch of tiles among devices, shard its tile axis inside jit:
+  `crossbar.solve(..., mesh=)` does (`jax.shard_map`, each device its own
+  tiles).
 
   Returns:
     `[..., M, N]` array in the dtype of `g`. Forward: `i_out = v @ G_eff`
@@ -784,12 +732,7 @@ def effective_conductance(g, wires: Wires, *,
   # Concrete values are passed as floats: one compilation serves every value.
   resistances = tuple(r if k == "traced" else float(np.asarray(r))
                       for r, k in zip(resistances, kinds))
-  devices = _spread_devices(g, resistances)
-  if devices is None:
-    out = _geff_jit(g, resistances, kinds, method)
-  else:
-    out = _geff_spread(g, resistances, kinds, method, devices)
-  return back(out)
+  return back(_geff_jit(g, resistances, kinds, method))
 
 
 # ---------------------------------------------------------------------------

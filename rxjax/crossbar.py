@@ -5,11 +5,15 @@ chip:
 
 * `Spec`: every setting of the simulated chip (tiles, mapping, device,
   wires, converters, backward mode), frozen and hashable.
-* `program`: weights -> a `Chip` pytree: programmed conductances of every
-  tile (mapping + one chip instance of device variation), their exact
-  forward (and, for training, backward) effective conductances `G_eff` from
-  `circuit.effective_conductance`, and the converters' calibration. `G_eff`
-  is computed here once per chip, never per input.
+* `program` = `write` then `solve`: weights -> a `Chip` pytree. `write`
+  maps the weights and draws one chip instance of device variation and ADC
+  errors (the programmed conductances of every tile); `solve`, the one tile
+  batcher, computes the exact forward (and, for training, backward)
+  effective conductances `G_eff` of every tile of any number of chips in one
+  batched `circuit.effective_conductance`, its tile axis sharded over a
+  mesh's devices when given one. `G_eff` is computed once per chip, never
+  per input. `reprogram` writes new weights on a programmed chip and reuses
+  its distortion instead of solving (TxSim's interpolated FCM).
 * `calibrate`: input scale and ADC full-scale current from a calibration
   batch (RxNN VII, TxSim IV-B).
 * `read`: the three stages, DAC -> `v @ G_eff` per tile -> ADC, then
@@ -195,7 +199,8 @@ class Chip:
 
   Attributes:
     g: `[S, P, Tr, Tc, M, N]` programmed device conductances (siemens).
-    g_eff: same shape, forward effective conductances (`i = v @ g_eff`).
+    g_eff: same shape, forward effective conductances (`i = v @ g_eff`);
+      None in a chip that is written but not solved yet (`write`).
     g_eff_bwd: same shape, backward effective conductances
       (`i_rows = g_eff_bwd @ v_cols`), or None when not needed.
     y_port: `[S, P, Tr, Tc, M, M]` row-port admittances for the exact DAC
@@ -231,6 +236,12 @@ def _check_w(w) -> jax.Array:
   return w
 
 
+def _check_solved(chip: Chip):
+  if chip.g_eff is None:
+    raise ValueError("this chip is written but not solved: pass it through "
+                     "crossbar.solve (or program it with crossbar.program)")
+
+
 def _wires_ideal(wires: circuit.Wires) -> bool:
   return all(v is None or float(v) == 0.0
              for v in dataclasses.astuple(wires))
@@ -258,11 +269,44 @@ def _map_and_vary(w, spec: Spec, key):
   return g, mapped.w_scale
 
 
+@functools.partial(jax.jit, static_argnames=("spec", "shape"))
+def _write(w, spec: Spec, key, shape) -> Chip:
+  g, w_scale = _map_and_vary(w, spec, key)
+  offset, gain = periphery.adc_variation(
+      g.shape[:-2] + g.shape[-1:], spec.adc,
+      key=jax.random.fold_in(key, 1), dtype=g.dtype)
+  return Chip(g=g, g_eff=None, g_eff_bwd=None, y_port=None,
+              w_scale=w_scale, x_scale=jnp.ones((), g.dtype),
+              adc_full_scale=_design_full_scale(spec, g.dtype),
+              adc_offset=offset, adc_gain=gain, fan_in=shape[0],
+              fan_out=shape[1])
+
+
+def write(w, spec: Spec, *, key) -> Chip:
+  """Writes a layer's weights onto one chip instance, not yet solved.
+
+  The first stage of `program`: the mapping (`mapping.program`), one draw
+  of device variation (`device.vary`) and of the ADCs' offsets and gains.
+  The returned chip has no `G_eff` yet (`g_eff` is None): `solve` computes
+  it, for many chips' tiles in one batch. jit-compatible and vmappable over
+  keys.
+
+  Args:
+    w: `[fan_in, fan_out]` weights.
+    spec: the chip.
+    key: PRNG key of this chip instance: the same key gives the same chip,
+      whichever device later solves its tiles.
+
+  Returns:
+    The written `Chip`, `g_eff`, `g_eff_bwd` and `y_port` None.
+  """
+  w = _check_w(w)
+  return _write(w, spec, key, w.shape)
+
+
 def _effective(g, spec: Spec):
-  """(forward, backward or None) G_eff of tiles `[..., M, N]`, by
+  """(forward, backward or None) G_eff of tiles `[T, M, N]`, by
   `spec.solver`."""
-  if _wires_ideal(spec.wires):
-    return g, (g if spec.backward == "transposed_read" else None)
   if spec.solver == "aam":
     solve = functools.partial(circuit.aam_conductance, paths=spec.aam_paths)
   else:
@@ -276,157 +320,125 @@ def _effective(g, spec: Spec):
   return g_eff, g_eff_bwd
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "shape"))
-def _assemble(g, g_eff, g_eff_bwd, w_scale, spec: Spec, key, shape) -> Chip:
-  y_port = None
-  if spec.dac.model == "divider_exact":
-    y_port = periphery.port_admittance(g, spec.wires)
-  offset, gain = periphery.adc_variation(
-      g.shape[:-2] + g.shape[-1:], spec.adc,
-      key=jax.random.fold_in(key, 1), dtype=g.dtype)
-  return Chip(g=g, g_eff=g_eff, g_eff_bwd=g_eff_bwd, y_port=y_port,
-              w_scale=w_scale, x_scale=jnp.ones((), g.dtype),
-              adc_full_scale=_design_full_scale(spec, g.dtype),
-              adc_offset=offset, adc_gain=gain, fan_in=shape[0],
-              fan_out=shape[1])
+def _place(a, sharding: jax.sharding.NamedSharding):
+  """`a` laid out as `sharding` says, on an Explicit or an Auto mesh."""
+  if jax.sharding.AxisType.Explicit in sharding.mesh.axis_types:
+    return jax.sharding.reshard(a, sharding)
+  return jax.lax.with_sharding_constraint(a, sharding)
 
 
-def program(w, spec: Spec, *, key, solved=None) -> Chip:
-  """Programs a layer's weights onto one chip instance.
+def _solve_tiles(flat, spec: Spec, mesh):
+  """`_effective` of `[T, M, N]` tiles, their axis sharded over `mesh`.
+
+  Every tile's solve is independent, so each device solves its own share
+  and nothing is communicated. The tile axis is split over all devices of
+  the mesh (its axes flattened) after zero tiles pad it to a multiple of the
+  device count; they solve to zeros and are dropped.
+  """
+  if mesh is None:
+    return _effective(flat, spec)
+  count = flat.shape[0]
+  flat = jnp.pad(flat, ((0, -count % mesh.size), (0, 0), (0, 0)))
+  tiles = jax.sharding.PartitionSpec(mesh.axis_names)
+  flat = _place(flat, jax.sharding.NamedSharding(mesh, tiles))
+  bwd = spec.backward == "transposed_read"
+  fn = lambda g: _effective(g, spec)[:1 + bwd]
+  # Nothing is reduced over devices, so the varying-axes type check (which
+  # rejects the solver scans' unvarying initial carries) has nothing to
+  # guard.
+  out = jax.shard_map(fn, mesh=mesh, in_specs=tiles,
+                      out_specs=(tiles,) * (1 + bwd), check_vma=False)(flat)
+  # Gathered once: every layer's read needs its whole chip.
+  whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  out = [_place(a, whole)[:count] for a in out]
+  return out[0], (out[1] if bwd else None)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "mesh"))
+def _solve(chips, spec: Spec, mesh):
+  m, n = spec.mapping.tile_rows, spec.mapping.tile_cols
+  gs = [c.g for c in chips]
+  if _wires_ideal(spec.wires):
+    solved = [(g, g if spec.backward == "transposed_read" else None)
+              for g in gs]
+  else:
+    flat = jnp.concatenate([g.reshape(-1, m, n) for g in gs])
+    fwd, bwd = _solve_tiles(flat, spec, mesh)
+    sizes = [g.size // (m * n) for g in gs]
+    starts = [sum(sizes[:k]) for k in range(len(gs))]
+    take = lambda a, k: None if a is None else a[
+        starts[k]:starts[k] + sizes[k]].reshape(gs[k].shape)
+    solved = [(take(fwd, k), take(bwd, k)) for k in range(len(gs))]
+  out = []
+  for chip, (g_eff, g_eff_bwd) in zip(chips, solved):
+    y_port = None
+    if spec.dac.model == "divider_exact":
+      y_port = periphery.port_admittance(chip.g, spec.wires)
+    out.append(chip.replace(g_eff=g_eff, g_eff_bwd=g_eff_bwd, y_port=y_port))
+  return out
+
+
+def solve(chips, spec: Spec, *, mesh=None) -> list[Chip]:
+  """The effective conductances of written chips: all their tiles in one
+  batch.
+
+  The second stage of `program`, and the one tile batcher of rxjax: the
+  tiles of every chip (any layers, any leading axes such as conv groups)
+  are solved together, one compiled circuit solve for the whole network,
+  for its exact `G_eff` (`circuit.effective_conductance`, or TxSim's AAM
+  with `spec.solver == "aam"`), and the backward one when
+  `spec.backward == "transposed_read"`. jit- and vmap-compatible.
+
+  Args:
+    chips: sequence of chips from `write`, all with `spec`'s tiles.
+    spec: the chip spec they were written with.
+    mesh: optional `jax.sharding.Mesh`: the tile axis of the batch is
+      sharded over all its devices (every mesh axis), padded with zero tiles
+      to a multiple of their count. None: placement follows the inputs.
+
+  Returns:
+    The chips with `g_eff` (and `g_eff_bwd`, `y_port` where the spec needs
+    them), uncalibrated (`x_scale = 1`, ADC full scale at its never-clipping
+    design value); see `calibrate`.
+  """
+  chips = list(chips)
+  m, n = spec.mapping.tile_rows, spec.mapping.tile_cols
+  for k, chip in enumerate(chips):
+    if not isinstance(chip, Chip) or chip.g.shape[-2:] != (m, n):
+      raise ValueError(
+          f"`chips[{k}]` must be a Chip written with this spec's {m}x{n} "
+          f"tiles (crossbar.write), got "
+          f"{chip.g.shape if isinstance(chip, Chip) else type(chip)}")
+  if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+    raise TypeError(f"`mesh` must be a jax.sharding.Mesh or None, got "
+                    f"{mesh!r}")
+  if not chips:
+    return []
+  return _solve(chips, spec, mesh)
+
+
+def program(w, spec: Spec, *, key, mesh=None) -> Chip:
+  """Programs a layer's weights onto one chip instance: `write`, `solve`.
 
   Mapping (`mapping.program`), one draw of device variation
-  (`device.vary`), the exact `G_eff` of every tile (and the backward one
-  when `spec.backward == "transposed_read"`), ADC offsets and gains.
-  jit-compatible and vmappable over keys.
+  (`device.vary`), ADC offsets and gains, and the exact `G_eff` of every
+  tile (and the backward one when `spec.backward == "transposed_read"`).
+  jit-compatible and vmappable over keys. A network's layers are programmed
+  together by `rxjax.nn.program` (all tiles in one `solve`).
 
   Args:
     w: `[fan_in, fan_out]` weights.
     spec: the chip.
     key: PRNG key of this chip instance (device variation, ADC offsets):
       the same key gives the same chip.
-    solved: optional `(g_eff, g_eff_bwd)` of this very layer and key, from
-      `solve_tiles([map_tiles(w, spec, key=key), ...])`: skips the circuit
-      solve (many layers' tiles solve faster in one batch than per layer).
+    mesh: optional `jax.sharding.Mesh` whose devices share the tiles'
+      solve (`solve`).
 
   Returns:
     The programmed `Chip`, uncalibrated (`x_scale = 1`, ADC full scale at its
     never-clipping design value); see `calibrate`.
   """
-  w = _check_w(w)
-  g, w_scale = _map_and_vary(w, spec, key)
-  if solved is None:
-    g_eff, g_eff_bwd = _effective(g, spec)
-  else:
-    g_eff, g_eff_bwd = solved
-    want_bwd = spec.backward == "transposed_read"
-    if g_eff.shape != g.shape or (g_eff_bwd is not None) != want_bwd or (
-        want_bwd and g_eff_bwd.shape != g.shape):
-      raise ValueError(
-          f"`solved` must be (g_eff {g.shape}, g_eff_bwd "
-          f"{g.shape if want_bwd else None}) for this layer and spec, got "
-          f"{jax.tree.map(jnp.shape, tuple(solved))}")
-  return _assemble(g, g_eff, g_eff_bwd, w_scale, spec, key, w.shape)
-
-
-def map_tiles(w, spec: Spec, *, key) -> jax.Array:
-  """The conductances `[S, P, Tr, Tc, M, N]` that `program(w, spec,
-  key=key)` writes (mapping and variation), for `solve_tiles`."""
-  return _map_and_vary(_check_w(w), spec, key)[0]
-
-
-def _flatten_tiles(gs, m, n):
-  return jnp.concatenate([g.reshape(-1, m, n) for g in gs])
-
-
-def _split_tiles(flat, gs):
-  """Inverse of `_flatten_tiles` (trailing padding ignored)."""
-  out, start = [], 0
-  for g in gs:
-    size = g.size // (g.shape[-2] * g.shape[-1])
-    out.append(flat[start:start + size].reshape(g.shape))
-    start += size
-  return out
-
-
-def solve_tiles(gs, spec: Spec, *, chunk: int = 256) -> list:
-  """The `G_eff` of many layers' tiles, solved together.
-
-  The circuit solve is fastest on large batches of tiles (64 x 64 float32 on
-  the 2-core CPU: 4.2 ms per tile for a batch of 2, 2.4 ms from a batch of
-  28 on), so a network's tiles are solved in equal chunks of at most
-  `chunk` tiles (one `lax.map` step each), not one solve per layer. jit- and
-  vmap-compatible.
-
-  Args:
-    gs: sequence of `[..., M, N]` tile conductances (from `map_tiles`), all
-      with the spec's tile shape and dtype.
-    spec: the chip.
-    chunk: most tiles per solve (memory ~ `chunk * M * N` per buffer).
-
-  Returns:
-    One `(g_eff, g_eff_bwd or None)` per entry of `gs`, as `program`'s
-    `solved` takes them.
-  """
-  gs = list(gs)
-  if not gs:
-    return []
-  m, n = spec.mapping.tile_rows, spec.mapping.tile_cols
-  flat = _flatten_tiles(gs, m, n)
-  total = flat.shape[0]
-  chunks = -(-total // chunk)
-  size = -(-total // chunks)
-  # Padding tiles repeat the last tile (always a valid circuit).
-  flat = jnp.pad(flat, ((0, chunks * size - total), (0, 0), (0, 0)),
-                 mode="edge")
-  fwd, bwd = jax.lax.map(lambda c: _effective(c, spec),
-                         flat.reshape(chunks, size, m, n))
-  fwd = _split_tiles(fwd.reshape(-1, m, n), gs)
-  if bwd is None:
-    return [(f, None) for f in fwd]
-  return list(zip(fwd, _split_tiles(bwd.reshape(-1, m, n), gs)))
-
-
-def program_layers(weights, spec: Spec, *, key, chunk: int = 256,
-                   progress=None) -> list[Chip]:
-  """Programs many layers, solving every tile's `G_eff` in equal chunks.
-
-  A network's layers have many shapes; solving their tiles together in
-  chunks of `chunk` tiles compiles the circuit solve once instead of once
-  per layer shape. Layer `k` is exactly `program(weights[k], spec,
-  key=jax.random.fold_in(key, k))`.
-
-  Args:
-    weights: sequence of `[fan_in, fan_out]` weight matrices.
-    spec: the chip.
-    key: PRNG key of the chip instance.
-    chunk: tiles per circuit solve (memory ~ `chunk * M * N` per buffer).
-    progress: optional callable `(tiles_done, tiles_total)`.
-
-  Returns:
-    One `Chip` per layer.
-  """
-  weights = [_check_w(w) for w in weights]
-  keys = [jax.random.fold_in(key, k) for k in range(len(weights))]
-  mapped = [_map_and_vary(w, spec, k) for w, k in zip(weights, keys)]
-  m, n = spec.mapping.tile_rows, spec.mapping.tile_cols
-  gs = [g for g, _ in mapped]
-  flat = _flatten_tiles(gs, m, n)
-  total = flat.shape[0]
-  pad = -total % chunk
-  flat = jnp.pad(flat, ((0, pad), (0, 0), (0, 0)))
-  fwd, bwd = [], []
-  for start in range(0, total + pad, chunk):  # A Python loop: progress.
-    f, b = _effective(flat[start:start + chunk], spec)
-    fwd.append(f)
-    bwd.append(b)
-    if progress is not None:
-      jax.block_until_ready(f)
-      progress(min(start + chunk, total), total)
-  fwd = _split_tiles(jnp.concatenate(fwd), gs)
-  bwd = ([None] * len(gs) if bwd[0] is None
-         else _split_tiles(jnp.concatenate(bwd), gs))
-  return [_assemble(g, f, b, w_scale, spec, k, w.shape)
-          for w, k, (g, w_scale), f, b in zip(weights, keys, mapped, fwd, bwd)]
+  return solve([write(w, spec, key=key)], spec, mesh=mesh)[0]
 
 
 def reprogram(chip: Chip, w, spec: Spec, *, key) -> Chip:
@@ -887,6 +899,7 @@ def read(x, chip: Chip, spec: Spec, *, key=None,
         f"`direction` must be 'forward' or 'backward', got {direction!r}")
   if spec.device.read_noise > 0 and key is None:
     raise ValueError("spec.device.read_noise > 0 needs a `key` per read")
+  _check_solved(chip)
   x = jnp.asarray(x)
   fan_in, fan_out = chip.fan_in, chip.fan_out
   want, give = (fan_in, fan_out) if direction == "forward" else (fan_out,
@@ -916,6 +929,7 @@ def calibrate(chip: Chip, x, spec: Spec) -> Chip:
   Returns:
     The chip with `x_scale` and `adc_full_scale` set.
   """
+  _check_solved(chip)
   x = jnp.asarray(x, chip.g.dtype)
   if x.ndim < 1 or x.shape[-1] != chip.fan_in:
     raise ValueError(f"calibration inputs must have shape [..., "

@@ -12,13 +12,17 @@ This module owns how Linen layers run on a chip:
 * `mode_spec`: the three modes from the same parameters: "digital"
   (floating point), "ideal" (converter and device precision only: RxNN's
   Cross-ideal, `Spec.cross_ideal`), "nonideal" (everything on).
-* `program`, `apply`: program every layer's chip once (exact `G_eff`, all
-  layers' tiles in one batched solve, calibration on a calibration batch),
-  then read; `apply(refresh=True)` reprograms new weights with the stored
-  distortion, `apply(program_key=k)` programs exactly during the forward
-  pass itself (TxSim's exact FCM step). The programmed chips live in the Flax
-  variable collection "chips" and are reused across batches; `jax.vmap`
-  over keys programs many chip instances at once.
+* `program`: programs every layer's chip once, on one pure path: params ->
+  every layer's mapped and varied conductances (`crossbar.write`, in one
+  pass of the model) -> all tiles of all layers solved in one batch
+  (`crossbar.solve`, its tile axis sharded over a mesh when given one) ->
+  per-layer `Chip` pytrees -> one calibration pass -> the chips, in the Flax
+  variable collection "chips". `jax.vmap` over keys programs many chip
+  instances at once.
+* `apply`: reads them (reused across batches); `apply(refresh=True)`
+  reprograms new weights with the stored distortion, `apply(program_key=k)`
+  runs `program`'s path with the calibration pass as the forward pass
+  itself (TxSim's exact FCM step).
 
 A convolution is its patches times the crossbar: the kernel `[*k, c_in / G,
 F]` becomes G matrices `[c_in / G * prod(k), F / G]` (rows in the order of
@@ -39,8 +43,6 @@ It does not own the read (`crossbar.py`) or what to do with the layers
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import itertools
 import math
@@ -48,6 +50,7 @@ import warnings
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -264,7 +267,25 @@ _patches.defvjp(_patches_fwd, _patches_bwd)
 
 
 # ---------------------------------------------------------------------------
-# Chips of one layer: program, refresh or read from the "chips" collection.
+# Programming a network: write every layer, solve all tiles, calibrate.
+#
+# A layer's chips live in the Flax variable collection "chips" (one entry per
+# layer: the `Chip` pytree with a leading conv-group axis, the chip keys and,
+# for linear reads, the folded matrices). What a layer does with them is the
+# `stage` of the pass it runs in, chosen by the caller (`program`, `apply`):
+#
+#   "write"      map and vary the current weights on a new chip instance
+#                (`crossbar.write`, key from the "chip" RNG); run digitally
+#   "calibrate"  calibrate the stored, solved chips on the layer's inputs as
+#                they flow through the network on crossbars; read them
+#   "refresh"    reprogram the current weights with the stored distortion
+#                (`crossbar.reprogram`); read
+#   "read"       read the stored chips
+#
+# Between the "write" and the "calibrate" pass, `_solve_written` solves the
+# tiles of every layer in one `crossbar.solve`.
+
+STAGES = ("write", "calibrate", "refresh", "read")
 
 
 def _per_group(fn, *args):
@@ -279,118 +300,82 @@ def _group_keys(key, groups):
   return jnp.stack([jax.random.fold_in(key, g) for g in range(groups)])
 
 
-class _Solves:
-  """Programming a network with one batched circuit solve, in two passes.
+@flax.struct.dataclass
+class _Written:
+  """A layer's chips `[G, ...]` as written (`crossbar.write`), not yet
+  solved, with the spec to solve them with (static)."""
 
-  The first pass records every crossbar layer's mapped conductances (in
-  call order) and runs the layers digitally (their outputs only carry the
-  pass to the next layer). `solve` then solves all tiles together
-  (`crossbar.solve_tiles`, grouped by spec), and the second pass hands each
-  layer its own `G_eff`. LeNet-5's 48 tiles of 64 x 64 (float32, 2-core
-  CPU): 117 ms in one batch against 133 ms layer by layer.
+  chips: crossbar.Chip
+  spec: Spec = flax.struct.field(pytree_node=False)
+
+
+def _solve_written(collection, mesh):
+  """The "chips" collection after a "write" pass, every `_Written` entry
+  solved: all layers' tiles in one `crossbar.solve` (one per distinct spec).
+
+  LeNet-5's 48 tiles of 64 x 64 solve faster in one batch than layer by
+  layer, and the batch is what a mesh shards.
   """
-
-  def __init__(self):
-    self.mapped = []  # (spec, g [G, S, P, Tr, Tc, M, N]), in call order.
-    self.solved = None
-    self.taken = 0
-
-  def layer(self, module: nn.Module, w, keys, spec: Spec):
-    """This layer's `(g_eff, g_eff_bwd)` per group; None in the first
-    pass (after recording the layer's conductances)."""
-    if self.solved is None:
-      g = _per_group(lambda w_g, k: crossbar.map_tiles(w_g, spec, key=k), w,
-                     keys)
-      self.mapped.append((spec, g))
-      return None
-    if self.taken >= len(self.solved):
-      raise RuntimeError(
-          f"layer {'/'.join(module.path)} was not seen in the first "
-          "programming pass: the model's calls must not depend on the chips")
-    self.taken += 1
-    return self.solved[self.taken - 1]
-
-  def solve(self):
-    groups = {}
-    for i, (spec, _) in enumerate(self.mapped):
-      groups.setdefault(spec, []).append(i)
-    self.solved = [None] * len(self.mapped)
-    for spec, idx in groups.items():
-      gs = [self.mapped[i][1] for i in idx]
-      for i, solved in zip(idx, crossbar.solve_tiles(gs, spec)):
-        self.solved[i] = solved
+  is_written = lambda a: isinstance(a, _Written)
+  leaves, treedef = jax.tree.flatten(collection, is_leaf=is_written)
+  by_spec = {}
+  for i, leaf in enumerate(leaves):
+    if is_written(leaf):
+      by_spec.setdefault(leaf.spec, []).append(i)
+  for spec, idx in by_spec.items():
+    solved = crossbar.solve([leaves[i].chips for i in idx], spec, mesh=mesh)
+    for i, chips in zip(idx, solved):
+      leaves[i] = chips
+  return jax.tree.unflatten(treedef, leaves)
 
 
-_SOLVES = contextvars.ContextVar("rxjax_nn_solves", default=None)
+def _layer_chips(module: nn.Module, w, x_fn, spec: Spec, stage: str):
+  """The layer's chips `[G, ...]` at `stage` (see above), and their folded
+  matrices.
 
+  Args:
+    module: the layer.
+    w: `[G, K, F]` its weights as crossbar matrices.
+    x_fn: `() -> [G, R, K]` the layer's inputs (called only to calibrate).
+    spec: the layer's chip.
+    stage: "write", "calibrate", "refresh" or "read".
 
-def _apply_programming(model, variables, x, spec: Spec, key, rngs, mutable,
-                       apply_kwargs):
-  """`model.apply` that programs every crossbar layer exactly on its way
-  (one batched solve for the whole network, see `_Solves`)."""
-  solves = _Solves()
-  token = _SOLVES.set(solves)
-  rngs = {**rngs, RNG: key}
-  mutable = list(mutable) + [COLLECTION]
-  try:
-    with on_crossbars(spec):
-      model.apply(variables, x, rngs=rngs, mutable=mutable, **apply_kwargs)
-      solves.solve()
-      return model.apply(variables, x, rngs=rngs, mutable=mutable,
-                         **apply_kwargs)
-  finally:
-    _SOLVES.reset(token)
-
-
-def _layer_chips(module: nn.Module, w, x_fn, spec: Spec):
-  """The layer's chips `[G, ...]`, programmed, refreshed or stored.
-
-  With the "chips" collection mutable and a "chip" RNG: programs `w` (`[G,
-  K, F]`) exactly on a new chip instance and calibrates it on `x_fn()` (`[G,
-  R, K]`, this layer's inputs); in the first pass of `_Solves` it only
-  records the mapping and returns `(None, None, None)`: the caller then
-  runs the layer digitally. Mutable without the RNG: `reprogram`s the
-  current weights with the stored distortion (cheap; calibration kept).
-  Otherwise: the stored chips.
+  Returns:
+    None at "write" (the layer then runs digitally: its output only carries
+    the pass to the next layer); otherwise `(chips, w_eff, w_eff_bwd)`, the
+    folded matrices `[G, K, F]` / `[G, F, K]` (`crossbar.fold`) when
+    `spec.linear` (the backward one with the transposed read), else None.
   """
-  mutable = module.is_mutable_collection(COLLECTION)
-  stored = module.has_variable(COLLECTION, "chip")
   w = jax.lax.stop_gradient(w)
-  if mutable and module.has_rng(RNG):
+  if stage == "write":
     keys = _group_keys(module.make_rng(RNG), w.shape[0])
-    solved = None  # Solved here, per layer.
-    solves = _SOLVES.get()
-    if solves is not None:
-      solved = solves.layer(module, w, keys, spec)
-      if solved is None:
-        return None, None, None
-
-    def one(w_g, x_g, key, solved_g):
-      chip = crossbar.program(w_g, spec, key=key, solved=solved_g)
-      return crossbar.calibrate(chip, x_g, spec)
-
-    chips = _per_group(one, w, jax.lax.stop_gradient(x_fn()), keys, solved)
-  elif mutable and stored:
-    keys = module.get_variable(COLLECTION, "key")
-    old = module.get_variable(COLLECTION, "chip")
-    chips = _per_group(
-        lambda c, w_g, k: crossbar.reprogram(c, w_g, spec, key=k), old, w,
-        keys)
-  elif stored:
-    return (module.get_variable(COLLECTION, "chip"),
-            module.get_variable(COLLECTION, "w_eff"),
-            module.get_variable(COLLECTION, "w_eff_bwd"))
-  else:
+    chips = _per_group(lambda w_g, k: crossbar.write(w_g, spec, key=k), w,
+                       keys)
+    module.put_variable(COLLECTION, "chip", _Written(chips, spec))
+    module.put_variable(COLLECTION, "key", keys)
+    return None
+  if not module.has_variable(COLLECTION, "chip"):
     raise ValueError(
         f"layer {'/'.join(module.path) or module.name} has no programmed "
         "chip: program the model first (rxjax.nn.program)")
+  chips = module.get_variable(COLLECTION, "chip")
+  if stage == "read":
+    return (chips, module.get_variable(COLLECTION, "w_eff"),
+            module.get_variable(COLLECTION, "w_eff_bwd"))
+  if stage == "calibrate":
+    chips = _per_group(lambda c, x_g: crossbar.calibrate(c, x_g, spec),
+                       chips, jax.lax.stop_gradient(x_fn()))
+  else:  # "refresh"
+    keys = module.get_variable(COLLECTION, "key")
+    chips = _per_group(
+        lambda c, w_g, k: crossbar.reprogram(c, w_g, spec, key=k), chips, w,
+        keys)
   w_eff = w_bwd = None
   if spec.linear:
     w_eff = _per_group(lambda c: crossbar.fold(c, spec), chips)
     if spec.backward == "transposed_read":
       w_bwd = _per_group(lambda c: crossbar.fold(c, spec, "backward"), chips)
   module.put_variable(COLLECTION, "chip", chips)
-  module.put_variable(COLLECTION, "key", keys)
   module.put_variable(COLLECTION, "w_eff", w_eff)
   module.put_variable(COLLECTION, "w_eff_bwd", w_bwd)
   return chips, w_eff, w_bwd
@@ -478,18 +463,20 @@ def _clip_range(chips, spec: Spec, channels: int):
 # The two layer computations, shared by the modules and the interceptor.
 
 
-def dense_on_chip(module: nn.Module, x, kernel, spec: Spec | None):
-  """`x @ kernel` (no bias) of a Dense layer, on its chip when spec is set."""
+def dense_on_chip(module: nn.Module, x, kernel, spec: Spec | None,
+                  stage: str = "read"):
+  """`x @ kernel` (no bias) of a Dense layer, on its chip when spec is set
+  (`stage`: what the layer does with its chip, see `STAGES`)."""
   x = jnp.asarray(x)
-  if spec is None:
+  if spec is None or module.is_initializing():
     return x @ kernel.astype(x.dtype)
   batch = x.shape[:-1]
   x2 = x.reshape(-1, x.shape[-1])
-  chips, w_eff, w_bwd = _layer_chips(module, kernel[None], lambda: x2[None],
-                                     spec)
-  if chips is None:  # First pass of `_Solves`.
-    y = x2 @ kernel.astype(x.dtype)
-  elif spec.linear:
+  layer = _layer_chips(module, kernel[None], lambda: x2[None], spec, stage)
+  if layer is None:  # Written, not solved yet: digital.
+    return x @ kernel.astype(x.dtype)
+  chips, w_eff, w_bwd = layer
+  if spec.linear:
     lo, hi = _clip_range(chips, spec, 1)
     bwd = None if w_bwd is None else w_bwd[0].T
     y = _folded(jnp.matmul, x2, kernel.astype(x.dtype),
@@ -502,8 +489,9 @@ def dense_on_chip(module: nn.Module, x, kernel, spec: Spec | None):
 
 
 def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
-                 spec: Spec | None):
-  """The convolution (no bias) of a Conv layer, on its chips when set.
+                 spec: Spec | None, stage: str = "read"):
+  """The convolution (no bias) of a Conv layer, on its chips when set
+  (`stage`: what the layer does with its chips, see `STAGES`).
 
   `x`: `[*batch, *spatial, C]` with any number of batch dims (none
   included), as Flax's `nn.Conv` takes it.
@@ -515,9 +503,8 @@ def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
         f"channels] of at least {conv.nd + 1} dims, got shape {x.shape}")
   batch = x.shape[:x.ndim - conv.nd - 1]
   x = conv.pad_input(x.reshape((-1,) + x.shape[len(batch):]))
-  if spec is None:
-    y = conv(x, kernel)
-  else:
+  layer = None
+  if spec is not None and not module.is_initializing():
     w = kernel_to_matrix(kernel, conv.groups)
     cached = {}
 
@@ -526,10 +513,12 @@ def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
         cached["p"] = conv.patches(x)
       return cached["p"][0]
 
-    chips, w_eff, w_bwd = _layer_chips(module, w, patches, spec)
-    if chips is None:  # First pass of `_Solves`.
-      y = conv(x, kernel)
-    elif spec.linear:
+    layer = _layer_chips(module, w, patches, spec, stage)
+  if layer is None:  # Digital, or written and not solved yet.
+    y = conv(x, kernel)
+  else:
+    chips, w_eff, w_bwd = layer
+    if spec.linear:
       lo, hi = _clip_range(chips, spec, x.shape[-1])
       k_eff = matrix_to_kernel(w_eff, conv.k).astype(x.dtype)
       k_bwd = None
@@ -635,37 +624,42 @@ def _geometry(module: nn.Conv) -> _Conv:
 # Any Linen model on crossbars.
 
 
-_WARNED_DIGITAL = set()  # Layer classes already reported as digital.
-
-
 def _warn_digital(module: nn.Module):
-  """Warns once per class that a layer with weights stays digital."""
+  """Warns that a layer with weights stays digital.
+
+  The text names the class only, so Python's warning registry shows it once
+  per class (under the default filter) however many layers and passes."""
   name = type(module).__name__
-  if name not in _WARNED_DIGITAL:
-    _WARNED_DIGITAL.add(name)
-    warnings.warn(
-        f"{name} layers (first: {'/'.join(module.path) or name}) have a "
-        "kernel but run digitally: on_crossbars maps nn.Dense and nn.Conv "
-        "(and their subclasses) onto crossbars", stacklevel=4)
+  warnings.warn(
+      f"{name} layers have a kernel but run digitally: on_crossbars maps "
+      "nn.Dense and nn.Conv (and their subclasses) onto crossbars",
+      stacklevel=2)
 
 
-def _interceptor(spec: Spec | None):
+def _interceptor(spec: Spec | None, stage: str):
+  """Runs every `nn.Dense` / `nn.Conv` on its chip at `stage`: plain layers
+  on `spec`, `CrossbarDense` / `CrossbarConv` on their own spec."""
+
   def intercept(next_fun, args, kwargs, context):
     module = context.module
     if (context.method_name != "__call__"
-        or isinstance(module, (CrossbarDense, CrossbarConv))
         or not module.has_variable("params", "kernel")):
       return next_fun(*args, **kwargs)  # Init, or a layer without weights.
-    if not isinstance(module, (nn.Dense, nn.Conv)):
-      _warn_digital(module)
+    if isinstance(module, (CrossbarDense, CrossbarConv)):
+      layer_spec = module.spec
+    elif isinstance(module, (nn.Dense, nn.Conv)):
+      layer_spec = spec
+    else:
+      if spec is not None:
+        _warn_digital(module)
       return next_fun(*args, **kwargs)
     (x,) = args
     kernel = module.get_variable("params", "kernel")
     if isinstance(module, nn.Dense):
-      y = dense_on_chip(module, x, kernel, spec)
+      y = dense_on_chip(module, x, kernel, layer_spec, stage)
     else:
       y = conv_on_chip(module, x, _masked(module, kernel), _geometry(module),
-                       spec)
+                       layer_spec, stage)
     if module.use_bias:
       y = y + module.get_variable("params", "bias").astype(y.dtype)
     return y
@@ -673,74 +667,115 @@ def _interceptor(spec: Spec | None):
   return intercept
 
 
-@contextlib.contextmanager
-def on_crossbars(spec: Spec | None):
+def on_crossbars(spec: Spec | None, *, stage: str = "read"):
   """Runs every `nn.Dense` and `nn.Conv` called inside on crossbars.
 
   `CrossbarDense` / `CrossbarConv` keep their own `spec`. With spec None the
-  layers run digitally (the context is then a no-op).
+  plain layers run digitally.
+
+  Args:
+    spec: the chip of the plain layers.
+    stage: what each layer does with its chips in the "chips" collection
+      (`STAGES`): "read" (the default: read the programmed chips), or one of
+      the stages of programming that `program` and `apply` run.
 
   Example:
     >>> with rxjax.nn.on_crossbars(spec):
-    ...   logits = model.apply(variables, x)
+    ...   logits = model.apply({**variables, "chips": chips}, x)
   """
-  if spec is None:
-    yield
-    return
-  with nn.intercept_methods(_interceptor(spec)):
-    yield
+  if stage not in STAGES:
+    raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}")
+  return nn.intercept_methods(_interceptor(spec, stage))
+
+
+def _run(model, variables, x, spec, stage, rngs, mutable, apply_kwargs):
+  with on_crossbars(spec, stage=stage):
+    return model.apply(variables, x, rngs=rngs, mutable=mutable or False,
+                       **apply_kwargs)
+
+
+def _program_and_apply(model, variables, x, spec, key, mesh, rngs, mutable,
+                       apply_kwargs):
+  """The one path that programs a network, top to bottom.
+
+  Returns `(output, state)` of the calibration pass: the model's output on
+  the programmed chips and the collections, the chips under "chips".
+  """
+  rngs = {**rngs, RNG: key}
+  mutable = list(mutable) + [COLLECTION]
+  # 1. Every layer's weights mapped and varied (`crossbar.write`); the
+  #    pass's activations are digital and unused (dead code under jit).
+  _, written = _run(model, variables, x, spec, "write", rngs, mutable,
+                    apply_kwargs)
+  # 2. All tiles of all layers solved in one batch, sharded over `mesh`:
+  #    per-layer `Chip` pytrees.
+  chips = _solve_written(written.get(COLLECTION, {}), mesh)
+  # 3. One calibration pass: each layer calibrates its chips on the
+  #    activations that reach it on crossbars, then reads through them.
+  return _run(model, {**variables, COLLECTION: chips}, x, spec, "calibrate",
+              rngs, mutable, apply_kwargs)
+
+
+def _without_chips(variables):
+  return {k: v for k, v in variables.items() if k != COLLECTION}
 
 
 def program(model: nn.Module, variables, x, spec: Spec | None, *, key,
-            **apply_kwargs) -> dict[str, Any]:
+            mesh=None, **apply_kwargs) -> dict[str, Any]:
   """Programs every crossbar layer of `model` on one chip instance.
 
-  Each layer's weights are mapped, varied (one key = one chip) and solved
-  for their exact `G_eff` (all layers' tiles in one batched solve); its
-  input scale and ADC range are calibrated on the activations that reach it
-  when `x` flows through the network already on crossbars. jit- and
-  vmap-compatible (vmap over `key` for many chips). Its first pass (see
-  `_Solves`) only maps the weights and runs the layers digitally.
+  params -> every layer's mapped and varied conductances (`crossbar.write`,
+  in one pass of the model whose activations are not used) -> all tiles of
+  all layers solved in one batch (`crossbar.solve`) -> per-layer `Chip`
+  pytrees -> one calibration pass (each layer's input scale and ADC range
+  calibrated on the activations that reach it when `x` flows through the
+  network already on crossbars) -> the chips. Pure, jit- and
+  vmap-compatible (vmap over `key` for many chips).
 
   Args:
     model: a Linen model (plain `nn.Dense` / `nn.Conv` layers are run via
       `on_crossbars`).
     variables: its variables ("params", "batch_stats", ...), without chips.
     x: calibration batch, the model's input.
-    spec: the chip (None: digital; returns an empty collection).
-    key: PRNG key of the chip instance.
+    spec: the chip of the plain layers (None: they stay digital; a model
+      without `CrossbarDense` / `CrossbarConv` then gets no chips).
+    key: PRNG key of the chip instance. Each layer's chips draw from a key
+      derived from it and the layer's path in the model (Flax's
+      `make_rng`), never from where the tiles are solved.
+    mesh: optional `jax.sharding.Mesh`: the tile axis of the one batched
+      solve is sharded over all its devices (`crossbar.solve`). None:
+      placement follows the inputs.
     **apply_kwargs: passed to `model.apply` (e.g. `train=False`).
 
   Returns:
     The "chips" collection, to pass to `apply`.
   """
-  if spec is None:
-    return {}
-  variables = {k: v for k, v in variables.items() if k != COLLECTION}
-  _, state = _apply_programming(model, variables, x, spec, key, {}, [],
-                                apply_kwargs)
-  return state[COLLECTION]
+  _, state = _program_and_apply(model, _without_chips(variables), x, spec,
+                                key, mesh, {}, [], apply_kwargs)
+  return state.get(COLLECTION, {})
 
 
 def apply(model: nn.Module, variables, chips, x, spec: Spec | None, *,
-          key=None, refresh: bool = False, program_key=None, mutable=False,
-          **apply_kwargs):
+          key=None, refresh: bool = False, program_key=None, mesh=None,
+          mutable=False, **apply_kwargs):
   """`model.apply` with its crossbar layers read from programmed chips.
 
   Args:
     model, variables: as for `model.apply`.
-    chips: the collection returned by `program` (ignored when spec is None
-      or with `program_key`).
+    chips: the collection returned by `program` (ignored with
+      `program_key`).
     x: the model's input.
-    spec: the spec the chips were programmed with; None runs digitally.
+    spec: the spec the chips of the plain layers were programmed with; None
+      runs them digitally.
     key: PRNG key for read noise (`spec.device.read_noise > 0`).
     refresh: reprogram the current `variables["params"]` onto the chips with
       their stored distortion first (`crossbar.reprogram`; re-training
       between exact programmings). Returns `(output, state)` then.
     program_key: program the current weights exactly during this call
-      instead (chip instance `program_key`, as `program` does, calibrated on
-      `x` as it flows): one pass instead of `program` and then `apply`.
-      Returns `(output, state)` then.
+      instead (chip instance `program_key`: `program`'s path, whose
+      calibration pass is this call's forward pass). Returns `(output,
+      state)` then.
+    mesh: with `program_key`, the mesh that shares the solve (`program`).
     mutable: other collections to update (e.g. ["batch_stats"]).
     **apply_kwargs: passed to `model.apply`.
 
@@ -749,16 +784,16 @@ def apply(model: nn.Module, variables, chips, x, spec: Spec | None, *,
     `(output, state)` with the updated collections (the new chips under
     "chips").
   """
-  variables = {k: v for k, v in variables.items() if k != COLLECTION}
+  variables = _without_chips(variables)
   rngs = {} if key is None else {"read": key}
   mutable = list(mutable) if mutable else []
-  if spec is not None and program_key is not None:
-    return _apply_programming(model, variables, x, spec, program_key, rngs,
-                              mutable, apply_kwargs)
-  if spec is not None:
+  if program_key is not None:
+    return _program_and_apply(model, variables, x, spec, program_key, mesh,
+                              rngs, mutable, apply_kwargs)
+  if chips:
     variables[COLLECTION] = chips
-  if refresh and spec is not None:
+  stage = "read"
+  if refresh:
+    stage = "refresh"
     mutable.append(COLLECTION)
-  with on_crossbars(spec):
-    return model.apply(variables, x, rngs=rngs, mutable=mutable or False,
-                       **apply_kwargs)
+  return _run(model, variables, x, spec, stage, rngs, mutable, apply_kwargs)

@@ -409,61 +409,50 @@ def test_jit_and_vmap(direction):
                              expected, rtol=RTOL_REFERENCE, atol=0)
 
 
-_SPREAD_PROBE = textwrap.dedent("""
+_PLACEMENT_PROBE = textwrap.dedent("""
     import json
     import jax
     import numpy as np
     jax.config.update("jax_num_cpu_devices", 2)
     jax.config.update("jax_enable_x64", True)
+    from jax.sharding import NamedSharding, PartitionSpec
     from rxjax import circuit, reference
     from rxjax.circuit import Wires
 
-    spread = []  # devices each spread solve's input was laid out over
-    plain = circuit._spread_jit
-    def spy(*args):
-      solve, sharding = plain(*args)
-      def watched(g, r):
-        spread.append(len(g.sharding.device_set))
-        return solve(g, r)
-      return watched, sharding
-    circuit._spread_jit = spy
-
     wires = Wires(r_row=2.5, r_col=2.5, r_source=500.0, r_sense=500.0)
-    g = 1 / np.random.default_rng(7).uniform(5e3, 5e5, (3, 8, 8))
-    worst = 0.0
+    g = 1 / np.random.default_rng(7).uniform(5e3, 5e5, (4, 8, 8))
+    mesh = jax.make_mesh((2,), ("tiles",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    both = NamedSharding(mesh, PartitionSpec("tiles"))
+    worst, placed = 0.0, []
     for method in ("sweep", "nested"):
       for direction in ("forward", "backward"):
-        out = circuit.effective_conductance(g, wires, direction=direction,
-                                            method=method)
-        assert out.shape == g.shape, out.shape
-        assert out.sharding.device_set == {jax.devices()[0]}
-        for t in range(3):
+        solve = lambda g: circuit.effective_conductance(
+            g, wires, direction=direction, method=method)
+        on_1 = solve(jax.device_put(g, jax.devices()[1]))
+        sharded = jax.jit(solve)(jax.device_put(g, both))
+        placed.append([[d.id for d in on_1.devices()],
+                       sharded.sharding.is_equivalent_to(both, 3)])
+        for t in range(4):
           ref = reference.effective_conductance(g[t], wires,
                                                 direction=direction)
-          worst = max(worst, float(np.max(np.abs(out[t] - ref) / ref)))
-    on_1 = circuit.effective_conductance(jax.device_put(g, jax.devices()[1]),
-                                         wires)
-    traced = jax.jit(lambda g: circuit.effective_conductance(g, wires))(g)
-    print(json.dumps({"worst": worst, "spread": spread,
-                      "on_1": [d.id for d in on_1.devices()],
-                      "traced_equal": bool(np.allclose(traced, on_1,
-                                                       rtol=1e-12, atol=0))}))
+          for out in (on_1, sharded):
+            worst = max(worst, float(np.max(np.abs(out[t] - ref) / ref)))
+    print(json.dumps({"worst": worst, "placed": placed}))
 """)
 
 
-def test_eager_batches_spread_over_devices():
-  # With two devices, an eager call splits its tiles (3: one zero tile pads
-  # them to 4) over both, and returns them where `g` was; a traced call
-  # follows the caller's shardings. A fresh process, because the device
-  # count is fixed when JAX starts.
-  out = subprocess.run([sys.executable, "-c", _SPREAD_PROBE],
+def test_placement_follows_the_inputs():
+  # With two devices, a batch on device 1 is solved there, eagerly, and a
+  # batch sharded over both, under jit, stays sharded (each device its
+  # tiles): the shardings decide, no eager spreading. A fresh process,
+  # because the device count is fixed when JAX starts.
+  out = subprocess.run([sys.executable, "-c", _PLACEMENT_PROBE],
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr
   result = json.loads(out.stdout.strip().splitlines()[-1])
-  assert result["spread"] == [2] * 5
+  assert result["placed"] == [[[1], True]] * 4
   assert result["worst"] <= RTOL_REFERENCE
-  assert result["on_1"] == [1]
-  assert result["traced_equal"]
 
 
 # ---------------------------------------------------------------------------

@@ -430,48 +430,49 @@ def test_bad_inputs_raise_clear_errors():
                   direction="backward")
 
 
-def test_program_layers_equals_program_per_layer():
-  spec = _small_tiles(Spec(backward="transposed_read"))
-  ws = [_data(17 + k, 1, fi, fo)[1] for k, (fi, fo) in
-        enumerate([(20, 9), (7, 13), (16, 6)])]
-  key = jax.random.key(5)
-  seen = []
-  chips = crossbar.program_layers(ws, spec, key=key, chunk=4,
-                                  progress=lambda d, t: seen.append((d, t)))
-  for k, (w, chip) in enumerate(zip(ws, chips)):
-    one = crossbar.program(w, spec, key=jax.random.fold_in(key, k))
-    for a, b in zip(jax.tree.leaves(chip), jax.tree.leaves(one)):
-      np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
-    assert (chip.fan_in, chip.fan_out) == w.shape
-  assert seen[-1][0] == seen[-1][1]
-
-
-@pytest.mark.parametrize("backward", ["straight_through", "transposed_read"])
-def test_solve_tiles_equals_a_solve_per_tile(backward):
-  """Many layers' tiles solved in chunks (with a padded last chunk) give
-  each layer the `G_eff` of a direct solve of its own tiles, and `program`
-  with them equals `program` solving by itself."""
+@pytest.mark.parametrize("backward, divider_exact", [
+    ("straight_through", False), ("transposed_read", False),
+    ("straight_through", True)])  # divider_exact is forward-only.
+def test_one_solve_of_many_chips_equals_a_solve_per_tile(backward,
+                                                         divider_exact):
+  """`solve` of many written chips (one batch of all their tiles) gives each
+  chip the `G_eff` of a direct solve of its own tiles (and the port
+  admittance of the exact DAC), and equals `program` chip by chip."""
   spec = _small_tiles(Spec(backward=backward, wires=circuit.Wires(
       r_row=2.0, r_col=5.0, r_source=50.0, r_sense=20.0)))
+  if divider_exact:
+    spec = spec.replace(dac=periphery.DACSpec(model="divider_exact"))
   ws = [_data(30 + k, 1, fi, fo)[1] for k, (fi, fo) in
         enumerate([(20, 9), (7, 13), (16, 6)])]
   keys = [jax.random.key(40 + k) for k in range(3)]
-  gs = [crossbar.map_tiles(w, spec, key=k) for w, k in zip(ws, keys)]
-  solved = jax.jit(lambda gs: crossbar.solve_tiles(gs, spec, chunk=5))(gs)
-  for w, k, g, (fwd, bwd) in zip(ws, keys, gs, solved):
+  written = [crossbar.write(w, spec, key=k) for w, k in zip(ws, keys)]
+  assert all(c.g_eff is None for c in written)
+  chips = jax.jit(lambda cs: crossbar.solve(cs, spec))(written)
+  for w, k, before, chip in zip(ws, keys, written, chips):
+    np.testing.assert_array_equal(chip.g, before.g)
     np.testing.assert_allclose(
-        fwd, circuit.effective_conductance(g, spec.wires), rtol=1e-12)
+        chip.g_eff, circuit.effective_conductance(chip.g, spec.wires),
+        rtol=1e-12)
     if backward == "straight_through":
-      assert bwd is None
+      assert chip.g_eff_bwd is None
     else:  # Non-reciprocal terminals: a backward solve of its own.
-      np.testing.assert_allclose(bwd, circuit.effective_conductance(
-          g, spec.wires, direction="backward"), rtol=1e-12)
-    chip = crossbar.program(w, spec, key=k, solved=(fwd, bwd))
+      np.testing.assert_allclose(chip.g_eff_bwd, circuit.effective_conductance(
+          chip.g, spec.wires, direction="backward"), rtol=1e-12)
+    if divider_exact:
+      np.testing.assert_allclose(
+          chip.y_port, periphery.port_admittance(chip.g, spec.wires),
+          rtol=1e-12)
+    else:
+      assert chip.y_port is None
     one = crossbar.program(w, spec, key=k)
     for a, b in zip(jax.tree.leaves(chip), jax.tree.leaves(one)):
       np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
-  with pytest.raises(ValueError, match="solved"):
-    crossbar.program(ws[0], spec, key=keys[0], solved=solved[1])
+    assert (chip.fan_in, chip.fan_out) == w.shape
+  with pytest.raises(ValueError, match="not solved"):
+    crossbar.read(jnp.ones((2, 20)), written[0], spec)
+  with pytest.raises(ValueError, match=r"chips\[0\]"):
+    crossbar.solve(written, spec.replace(mapping=dataclasses.replace(
+        spec.mapping, tile_rows=16)))
 
 
 @pytest.mark.parametrize("signed", ["differential", "offset", "analog"])

@@ -7,6 +7,13 @@ Python loop over chips (vmap).
 """
 
 import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import warnings
 
 import flax.linen as nn
 import jax
@@ -119,12 +126,14 @@ def test_crossbar_modules_match_linen_and_share_its_parameters():
     assert (jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x))
             == jax.tree.map(jnp.shape, v))
     assert _rel(ours.apply(v, x), theirs.apply(v, x)) < 1e-12
-    spec = IDEAL
-    on_chip = ours.clone(spec=spec)
-    _, state = on_chip.apply(v, x, rngs={"chip": jax.random.key(2)},
-                             mutable=["chips"])
-    y = on_chip.apply({**v, **state}, x)
+    on_chip = ours.clone(spec=IDEAL)
+    # The module's own spec wins over `program`'s (None: plain layers
+    # digital); it reads its chips by itself.
+    chips = rnn.program(on_chip, v, x, None, key=jax.random.key(2))
+    assert set(chips) == {"chip", "key", "w_eff", "w_eff_bwd"}
+    y = on_chip.apply({**v, "chips": chips}, x)
     assert _rel(y, theirs.apply(v, x)) < 1e-9
+    assert _rel(rnn.apply(on_chip, v, chips, x, None), y) == 0.0
 
 
 def test_kernel_matrix_round_trip_and_patch_order():
@@ -312,9 +321,10 @@ def test_any_batch_dims_as_flax_takes_them():
     assert _rel(y, model.apply(variables, inputs)) < 1e-9
 
 
-def test_layers_left_digital_are_reported(monkeypatch):
+def test_layers_left_digital_are_reported():
   """Layers with weights that `on_crossbars` does not map warn, once per
-  class; the mapped ones do not."""
+  class under Python's default filter (however many layers and passes);
+  the mapped ones do not."""
 
   class Mixed(nn.Module):
     @nn.compact
@@ -322,15 +332,16 @@ def test_layers_left_digital_are_reported(monkeypatch):
       x = nn.DenseGeneral((2, 3))(x)
       return nn.Dense(4)(nn.DenseGeneral(5)(x.reshape(x.shape[0], -1)))
 
-  monkeypatch.setattr(rnn, "_WARNED_DIGITAL", set())
   x = jax.random.normal(jax.random.key(0), (3, 6), jnp.float64)
   variables = Mixed().init(jax.random.key(1), x)
-  with pytest.warns(UserWarning, match="DenseGeneral layers .* run "
-                    "digitally") as record:
+  with warnings.catch_warnings(record=True) as record:
+    warnings.simplefilter("default")
     chips = rnn.program(Mixed(), variables, x, IDEAL, key=jax.random.key(2))
-    rnn.apply(Mixed(), variables, chips, x, IDEAL)
+    y = rnn.apply(Mixed(), variables, chips, x, IDEAL)
   ours = [w for w in record if "run digitally" in str(w.message)]
-  assert len(ours) == 1 and "Dense_0" not in str(ours[0].message)
+  assert len(ours) == 1  # Not nn.Dense; DenseGeneral once (two layers).
+  assert re.match("DenseGeneral layers .* run digitally", str(ours[0].message))
+  assert _rel(y, Mixed().apply(variables, x)) < 1e-6  # float32 params
   assert set(chips) == {"Dense_0"}  # Only nn.Dense was programmed.
 
 
@@ -377,3 +388,108 @@ def test_patch_gradient_equals_autodiff_of_lax_patches(k, strides, padding,
   dy = jax.random.normal(jax.random.key(1), y.shape, y.dtype)
   np.testing.assert_allclose(vjp_ours(dy)[0], vjp_ref(dy)[0], rtol=0,
                              atol=1e-13)
+
+
+_SHARDED_PROBE = textwrap.dedent("""
+    import dataclasses
+    import json
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    jax.config.update("jax_enable_x64", True)
+    from rxjax import device, nn as rnn
+    from rxjax.crossbar import Spec
+
+    class Net(nn.Module):
+      @nn.compact
+      def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3), feature_group_count=2)(x))
+        return nn.Dense(5)(x.reshape(x.shape[0], -1))
+
+    def plain(a):
+      return (jax.random.key_data(a)
+              if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a)
+
+    def rel(a, b):
+      a, b = np.asarray(plain(a), np.float64), np.asarray(plain(b), np.float64)
+      return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+    # One weight slice per pair: 58 tiles, not a multiple of 4 (padding).
+    spec = Spec(mapping=dataclasses.replace(Spec().mapping, tile_rows=16,
+                                            tile_cols=8),
+                device=device.DeviceSpec(device_bits=8),
+                backward="transposed_read")
+    auto = jax.sharding.AxisType.Auto
+    meshes = {"explicit": jax.make_mesh((2, 2), ("a", "b")),
+              "auto": jax.make_mesh((2, 2), ("a", "b"), axis_types=(auto,) * 2)}
+    out = {"devices": jax.device_count()}
+    for dtype in ("float64", "float32"):
+      x = jax.random.normal(jax.random.key(0), (3, 7, 7, 4), dtype)
+      model = Net()
+      v = jax.tree.map(lambda a: a.astype(dtype),
+                       model.init(jax.random.key(1), x))
+      program = lambda k, mesh=None: rnn.program(model, v, x, spec, key=k,
+                                                 mesh=mesh)
+      key = jax.random.key(3)
+      one = jax.jit(program)(key)
+      res = {"tiles": sum(int(np.prod(c["chip"].g.shape[:-2]))
+                          for c in one.values())}
+      for name, mesh in meshes.items():
+        sharded = jax.jit(lambda k: program(k, mesh))
+        got = sharded(key)
+        layers = list(zip(got.values(), one.values()))
+        res[name] = dict(
+            partitions=f"num_partitions=4" in sharded.lower(key).compile(
+                ).as_text(),
+            g_eff=max(max(rel(a["chip"].g_eff, b["chip"].g_eff),
+                          rel(a["chip"].g_eff_bwd, b["chip"].g_eff_bwd))
+                      for a, b in layers),
+            chips=max(rel(a, b) for a, b in zip(jax.tree.leaves(got),
+                                                 jax.tree.leaves(one))),
+            same_instance=all(
+                bool(np.array_equal(a["chip"].g, b["chip"].g)
+                     and np.array_equal(plain(a["key"]), plain(b["key"])))
+                for a, b in layers))
+      keys = jax.random.split(jax.random.key(4), 2)
+      many = jax.jit(jax.vmap(program))(keys)
+      many_sharded = jax.jit(jax.vmap(lambda k: program(k, meshes["auto"])))(
+          keys)
+      res["vmap"] = max(rel(a, b) for a, b in zip(
+          jax.tree.leaves(many_sharded), jax.tree.leaves(many)))
+      out[dtype] = res
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_sharded_programming_equals_one_device():
+  """On 4 CPU devices, a network programmed with its tiles' solve sharded
+  over a 2 x 2 mesh (both axes flattened; 58 tiles, so padded) equals the
+  one-device programming, and the same key gives the same chip instance
+  (conductances and keys bit for bit: a chip's key never depends on the
+  device that solves it). A fresh process: the device count is fixed when
+  JAX starts."""
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "4",
+         "PYTHONPATH": os.pathsep.join(
+             [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+             + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
+  out = subprocess.run([sys.executable, "-c", _SHARDED_PROBE], env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["devices"] == 4
+  for dtype, tol in (("float64", 1e-12), ("float32", 1e-6)):
+    res = result[dtype]
+    assert res["tiles"] % 4 != 0
+    for mesh in ("explicit", "auto"):
+      assert res[mesh]["partitions"], (dtype, mesh)
+      assert res[mesh]["g_eff"] <= tol, (dtype, mesh, res[mesh])
+      assert res[mesh]["same_instance"], (dtype, mesh)
+    # The whole chips (calibration included) on the mesh with automatic
+    # axes, and Monte-Carlo chips vmapped over keys.
+    assert res["auto"]["chips"] <= tol, res
+    assert res["vmap"] <= tol, res
+  # Calibration on an Explicit mesh: exact in float64 (float32 rounding may
+  # move an ADC code, hence only G_eff above).
+  assert result["float64"]["explicit"]["chips"] <= 1e-12
