@@ -25,8 +25,10 @@ devices JAX sees, each timing the best of several repeats after a warm-up
 2. Programming ResNet-50 (every conv and FC weight, 25.5 M; random
    He-initialized weights of the real shapes) on 64 x 64 tiles with one
    slice per differential pair and the default ReRAM wires and 10%
-   variation: mapping + variation + every tile's exact `G_eff`, via
-   `rxjax.program_layers` (target <= 2 min; RxNN reported 61 s per tile).
+   variation: mapping + variation + every tile's exact `G_eff`, every
+   layer written (`rxjax.write`) and all tiles solved in one batch
+   (`rxjax.solve`), as `rxjax.nn.program` does (target <= 2 min; RxNN
+   reported 61 s per tile).
 3. (not with --quick) Mapping all of VGG-16's 138 M weights with the default
    spec (8-bit weights in four 2-bit slices, pairs): peak RSS of a fresh
    subprocess (must fit in this machine's 24 GB).
@@ -137,18 +139,10 @@ def bench_resnet50():
              * np.sqrt(2 / s[0]) for i, s in enumerate(shapes)]
   jax.block_until_ready(weights)
   n_weights = sum(a * b for a, b in shapes)
-  last = [0.0]
+  keys = [jax.random.fold_in(key, k) for k in range(len(weights))]
   start = time.perf_counter()
-
-  def progress(done, total):
-    now = time.perf_counter() - start
-    if now - last[0] > 10 or done == total:
-      last[0] = now
-      rate = done / now
-      print(f"  programmed {done}/{total} tiles, {rate:.0f} tiles/s, "
-            f"ETA {(total - done) / rate:.0f} s", file=sys.stderr)
-
-  chips = crossbar.program_layers(weights, spec, key=key, progress=progress)
+  written = [crossbar.write(w, spec, key=k) for w, k in zip(weights, keys)]
+  chips = crossbar.solve(written, spec)
   jax.block_until_ready(chips)
   seconds = time.perf_counter() - start
   tiles = sum(int(np.prod(c.g.shape[:4])) for c in chips)

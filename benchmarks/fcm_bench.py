@@ -13,11 +13,13 @@ section 2):
   (the compile time is its own column), timed with `block_until_ready`, best
   of a few repeats. Single tiles and, up to 128 x 128, batches of tiles
   (64 at 16, 32 at 32, 16 at 64, 4 at 128); 256 and 512 are timed as single
-  tiles only. The batches are timed twice: jitted (one XLA device) and as
-  the eager call, which splits them over every device. The script exposes
-  the CPU's cores as that many XLA devices (`--devices`, default one per
-  core): one device's program of a tile's small dependent steps keeps
-  about 1.5 of 2 cores busy.
+  tiles only. The batches are timed twice: jitted on one XLA device, and
+  jitted with their tile axis sharded over every device of a mesh
+  (`jax.shard_map`, each device solving its own tiles, as
+  `rxjax.solve(..., mesh=)` does). The script exposes the CPU's cores as
+  that many XLA devices (`--devices`, default one per core): one device's
+  program of a tile's small dependent steps keeps about 1.5 of 2 cores
+  busy.
 * splu: the plain nodal matrix (2MN unknowns: row nodes a, column nodes b;
   the sources folded into the right-hand side as Dirichlet terminals, the
   sense resistors as shunts to ground), assembled vectorized and untimed,
@@ -32,10 +34,10 @@ The float64 single-tile rows of both sides run in a fresh subprocess each
 baseline taken after importing jax and allocating the inputs (VmHWM after
 resetting it through /proc/self/clear_refs; ru_maxrss where that is not
 possible). For rxjax it includes XLA compilation. At 64 and 128 the float64
-batch (one device and spread) and splu are also timed in turns, with the
+batch (one device and sharded) and splu are also timed in turns, with the
 cores each keeps busy (process CPU time over wall time). The last line of
 stdout is one JSON object; its `ms_per_tile_64_f64` and `speedup_vs_splu_64`
-are those of the spread batch (with one device, of the jitted one), the
+are those of the sharded batch (with one device, of the jitted one), the
 `_one_device` keys those of the jitted batch.
 """
 
@@ -126,7 +128,7 @@ def _busy(own_cores: float = 0.0) -> str | None:
   """Why the machine looks too busy to time on, or None.
 
   own_cores: cores this process kept busy over the last minute, taken off
-  the 1-minute load average (the spread batches keep both cores busy).
+  the 1-minute load average (the sharded batches keep both cores busy).
   """
   try:
     load = os.getloadavg()[0]
@@ -151,9 +153,24 @@ def _repeats(size: int, splu: bool = False) -> int:
 # rxjax
 
 
-def eager(g):
-  """The eager call, which splits a batch over every local device."""
-  return rxjax.effective_conductance(g, WIRES)
+def _mesh_sharding():
+  """The tile axis over every device (one mesh axis)."""
+  mesh = jax.make_mesh((len(jax.devices()),), ("tiles",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("tiles"))
+
+
+@functools.cache
+def _sharded(shape, dtype):
+  """The solve with the batch's tiles sharded over every device, each
+  solving its own (no communication), jitted and compiled once."""
+  sharding = _mesh_sharding()
+  fn = jax.jit(jax.shard_map(
+      functools.partial(rxjax.effective_conductance, wires=WIRES),
+      mesh=sharding.mesh, in_specs=sharding.spec, out_specs=sharding.spec,
+      check_vma=False))
+  return fn.lower(jax.ShapeDtypeStruct(shape, dtype,
+                                       sharding=sharding)).compile()
 
 
 @functools.cache
@@ -165,18 +182,16 @@ def _jitted(shape, dtype):
 
 
 def time_rxjax(g: np.ndarray, repeats: int, after_compile=lambda: None,
-               spread: bool = False):
+               sharded: bool = False):
   """(best seconds per call, compile seconds, G_eff) for g: [B, M, N].
 
-  spread: time the eager `rxjax.effective_conductance(g, WIRES)`, which
-  splits the batch over all local devices (compile = its first call);
-  otherwise a jitted call, which runs on one device.
+  sharded: time the jitted solve with the batch's tiles sharded over every
+  device (`_sharded`); otherwise a jitted call on one device.
   """
-  g = jax.device_put(g)
+  g = jax.device_put(g, _mesh_sharding() if sharded else None)
   start = time.perf_counter()
-  if spread:
-    compiled = eager  # compiles on its first call
-    compiled(g).block_until_ready()
+  if sharded:
+    compiled = _sharded(g.shape, g.dtype)
   else:
     compiled = _jitted(g.shape, g.dtype)
   compile_s = time.perf_counter() - start
@@ -252,10 +267,10 @@ def time_splu(g: np.ndarray, repeats: int, permc_spec: str):
 
 
 def time_in_turns(size: int, permc_spec: str, seconds: float = 6.0) -> dict:
-  """rxjax's float64 batch (one device; and spread over every device when
+  """rxjax's float64 batch (one device; and sharded over every device when
   there are several) and splu, called in turns for about `seconds`.
 
-  Returns {name: (best s per tile, cores busy)} for "one_device", "spread"
+  Returns {name: (best s per tile, cores busy)} for "one_device", "sharded"
   (if several devices) and "splu"; cores busy is process CPU time over wall
   time, summed over that side's calls.
 
@@ -270,11 +285,12 @@ def time_in_turns(size: int, permc_spec: str, seconds: float = 6.0) -> dict:
   g = jax.device_put(tiles(size, batch))
   calls = {"one_device": (_jitted(g.shape, g.dtype), (g,))}
   if len(jax.devices()) > 1:
-    calls["spread"] = (eager, (g,))
+    calls["sharded"] = (_sharded(g.shape, g.dtype),
+                        (jax.device_put(g, _mesh_sharding()),))
   k, rhs, _ = nodal_system(tiles(size, 1)[0])
   calls["splu"] = (lambda: spla.splu(k, permc_spec=permc_spec).solve(rhs), ())
   timed = _common.in_turns(calls, repeats=3, seconds=seconds)
-  per_call = {"one_device": batch, "spread": batch, "splu": 1}
+  per_call = {"one_device": batch, "sharded": batch, "splu": 1}
   return {name: (t / per_call[name], busy)
           for name, (t, busy) in timed.items()}
 
@@ -342,7 +358,7 @@ def main(argv=None) -> None:
                       help=argparse.SUPPRESS)
   parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--devices", type=int, default=os.cpu_count(),
-                      help="CPU devices for the spread batches (default: "
+                      help="CPU devices for the sharded batches (default: "
                            "one per core; 1 skips them)")
   args = parser.parse_args(argv)
   if args.child is not None:
@@ -382,12 +398,12 @@ def main(argv=None) -> None:
         raise SystemExit(f"rxjax float64 and splu G_eff differ by {diff:.2e} "
                          f"at {size}x{size} (> {TOLERANCE:g})")
 
-    def add(dtype, batch, seconds, compile_s, g_eff, spread=False, **peaks):
-      rows.append(dict(size=size, dtype=dtype, batch=batch, spread=spread,
+    def add(dtype, batch, seconds, compile_s, g_eff, sharded=False, **peaks):
+      rows.append(dict(size=size, dtype=dtype, batch=batch, sharded=sharded,
                        s_tile=seconds / batch, compile_s=compile_s,
                        diff=None if sp_g is None else rel_diff(g_eff, sp_g),
                        **peaks))
-      where = f" on {len(jax.devices())} devices" if spread else ""
+      where = f" on {len(jax.devices())} devices" if sharded else ""
       print(f"#   {size:4d} {dtype} x{batch}{where}: "
             f"{seconds / batch * 1e3:.4g} "
             f"ms/tile" + (f", splu {sp['seconds'] * 1e3:.4g} ms" if sp
@@ -402,10 +418,10 @@ def main(argv=None) -> None:
       others += [("float64", batch, False), ("float32", batch, False)]
       if len(jax.devices()) > 1:
         others += [("float64", batch, True), ("float32", batch, True)]
-    for dtype, b, spread in others:
+    for dtype, b, sharded in others:
       g = tiles(size, b).astype(dtype)
-      seconds, compile_s, g_eff = time_rxjax(g, _repeats(size), spread=spread)
-      add(dtype, b, seconds, compile_s, g_eff[0], spread=spread)
+      seconds, compile_s, g_eff = time_rxjax(g, _repeats(size), sharded=sharded)
+      add(dtype, b, seconds, compile_s, g_eff[0], sharded=sharded)
 
   def fmt(x, spec):
     return "-" if x is None else format(x, spec)
@@ -419,7 +435,7 @@ def main(argv=None) -> None:
     sp = splu_s.get(r["size"])
     peak = (f"{r['peak_rx']:.3f} ({r['run_peak_rx']:.3f})"
             if r.get("peak_rx") is not None else "-")
-    batch = (f"{r['batch']} on {len(jax.devices())} devices" if r["spread"]
+    batch = (f"{r['batch']} on {len(jax.devices())} devices" if r["sharded"]
              else r["batch"])
     print(f"| {r['size']} | {r['dtype']} | {batch} "
           f"| {r['s_tile'] * 1e3:.4g} | {fmt(sp and sp * 1e3, '.4g')} "
@@ -429,9 +445,9 @@ def main(argv=None) -> None:
   print()
   print("ms/tile: best of a few repeats (one at 512), compile excluded; "
         "batched rows divide by the batch; 256 and 512 are single tiles only. "
-        "'on N devices': the eager call, which splits the batch over the "
-        "CPU cores exposed as N XLA devices (compile s: its first call); the "
-        "other rows are jitted calls on one device. "
+        "'on N devices': the jitted solve with the batch's tiles sharded "
+        "over the CPU cores exposed as N XLA devices; the other rows are "
+        "jitted calls on one device. "
         "ms splu: factorization + solve of one float64 tile (single-threaded "
         "SuperLU), repeated on "
         "every row of its size. Peak GB: process peak RSS increase of the "
@@ -460,10 +476,10 @@ def main(argv=None) -> None:
     print(f"WARNING: the machine was busy (load average {_load()} at the "
           "end); re-measure on a quiet machine before quoting these numbers.")
 
-  def rxjax_s(size, dtype, batch, spread=False):
+  def rxjax_s(size, dtype, batch, sharded=False):
     return next((r["s_tile"] for r in rows
-                 if (r["size"], r["dtype"], r["batch"], r["spread"])
-                 == (size, dtype, batch, spread)), None)
+                 if (r["size"], r["dtype"], r["batch"], r["sharded"])
+                 == (size, dtype, batch, sharded)), None)
 
   def ratio(a, b):
     return None if a is None or b is None else a / b
@@ -472,10 +488,10 @@ def main(argv=None) -> None:
     got = turns.get(64, {})
     return ratio(got["splu"][0], got[side][0]) if side in got else None
 
-  # The headline is the call a user makes: spread over the cores when there
+  # The headline is the call a user makes: sharded over the cores when there
   # are several devices.
   one = rxjax_s(64, "float64", BATCH[64])
-  b64 = rxjax_s(64, "float64", BATCH[64], spread=True) or one
+  b64 = rxjax_s(64, "float64", BATCH[64], sharded=True) or one
   s256 = rxjax_s(256, "float64", 1)
   peak_512 = next((r["peak_rx"] for r in rows if r["size"] == 512
                    and r.get("peak_rx") is not None), None)
@@ -483,7 +499,7 @@ def main(argv=None) -> None:
       "devices": len(jax.devices()),
       "ms_per_tile_64_f64": None if b64 is None else b64 * 1e3,
       "speedup_vs_splu_64": ratio(splu_s.get(64), b64),
-      "speedup_vs_splu_64_in_turns": in_turns("spread") or in_turns(
+      "speedup_vs_splu_64_in_turns": in_turns("sharded") or in_turns(
           "one_device"),
       "ms_per_tile_64_f64_one_device": None if one is None else one * 1e3,
       "speedup_vs_splu_64_one_device": ratio(splu_s.get(64), one),
