@@ -26,8 +26,8 @@ devices JAX sees, each timing the best of several repeats after a warm-up
    He-initialized weights of the real shapes) on 64 x 64 tiles with one
    slice per differential pair and the default ReRAM wires and 10%
    variation: mapping + variation + every tile's exact `G_eff`, every
-   layer written (`rxjax.write`) and all tiles solved in one batch
-   (`rxjax.solve`), as `rxjax.nn.program` does (target <= 2 min; RxNN
+   layer written (`crossbar.write`) and all tiles solved in one batch
+   (`crossbar.solve`), as `rxjax.nn.program` does (target <= 2 min; RxNN
    reported 61 s per tile).
 3. (not with --quick) Mapping all of VGG-16's 138 M weights with the default
    spec (8-bit weights in four 2-bit slices, pairs): peak RSS of a fresh

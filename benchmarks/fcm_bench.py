@@ -16,7 +16,7 @@ section 2):
   tiles only. The batches are timed twice: jitted on one XLA device, and
   jitted with their tile axis sharded over every device of a mesh
   (`jax.shard_map`, each device solving its own tiles, as
-  `rxjax.solve(..., mesh=)` does). The script exposes the CPU's cores as
+  `rxjax.crossbar.solve(..., mesh=)` does). The script exposes the CPU's cores as
   that many XLA devices (`--devices`, default one per core): one device's
   program of a tile's small dependent steps keeps about 1.5 of 2 cores
   busy.

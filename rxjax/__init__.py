@@ -63,7 +63,7 @@ from rxjax import nn
 from rxjax.circuit import (NodeVoltages, Wires, aam_conductance, effective_conductance,
                            node_voltages, series_model)
 from rxjax.crossbar import (Chip, Spec, calibrate, crossbar_matmul, fold, matmul, program,
-                            read, reprogram, solve, write)
+                            read, reprogram)
 from rxjax.device import DeviceSpec, UpdateSpec
 from rxjax.optim import DeviceUpdateState, apply_device_response
 from rxjax.mapping import MappingSpec
@@ -74,6 +74,6 @@ __all__ = [
     "MappingSpec", "NodeVoltages", "Spec", "UpdateSpec", "Wires",
     "aam_conductance", "apply_device_response", "calibrate", "crossbar_matmul",
     "effective_conductance", "fold", "matmul", "nn", "node_voltages", "program",
-    "read", "reprogram", "series_model", "solve", "write",
+    "read", "reprogram", "series_model",
 ]
 __version__ = "0.1.0"
