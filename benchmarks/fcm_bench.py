@@ -16,10 +16,10 @@ section 2):
   tiles only. The batches are timed twice: jitted on one XLA device, and
   jitted with their tile axis sharded over every device of a mesh
   (`jax.shard_map`, each device solving its own tiles, as
-  `rxjax.crossbar.solve(..., mesh=)` does). The script exposes the CPU's cores as
-  that many XLA devices (`--devices`, default one per core): one device's
-  program of a tile's small dependent steps keeps about 1.5 of 2 cores
-  busy.
+  `rxjax.crossbar.solve(..., mesh=)` does). The script exposes the CPU's
+  cores as that many XLA devices (`--devices`, default one per core): one
+  device's program of a tile's small dependent steps keeps about 1.5 of 2
+  cores busy.
 * splu: the plain nodal matrix (2MN unknowns: row nodes a, column nodes b;
   the sources folded into the right-hand side as Dirichlet terminals, the
   sense resistors as shunts to ground), assembled vectorized and untimed,
