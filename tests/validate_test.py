@@ -140,6 +140,35 @@ def test_a_mistyped_field_prints_one_line_with_the_suggestion(tmp_path):
   assert not os.path.exists(tmp_path / "run")
 
 
+def test_later_errors_print_one_line_too(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "eval.py", "--config=configs/lenet_mnist.py",
+       f"--workdir={tmp_path}/none"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env={**os.environ, "PYTHONPATH": ROOT})
+  assert out.returncode == 1
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and "run train.py" in lines[0], out.stderr
+
+
+def test_nonfinite_images_in_a_dataset_are_refused(monkeypatch):
+  from rxjax import data as data_lib
+  real = data_lib.load
+
+  def poisoned(*args, **kwargs):
+    d = real(*args, **kwargs)
+    x = d.x_train.copy()
+    x[3, 1, 1, 0] = math.nan
+    return d._replace(x_train=x)
+
+  monkeypatch.setattr(experiment.data_lib, "load", poisoned)
+  config = lenet_mnist.get_config()
+  config.dataset = "digits"
+  with pytest.raises(ValueError, match=r"`digits.x_train`.*1 NaN.*"
+                     r"\(3, 1, 1, 0\)"):
+    experiment.setup(config)
+
+
 def test_a_truncated_results_json_names_the_file(tmp_path):
   wd = experiment.Workdir(str(tmp_path), lenet_mnist.get_config())
   (tmp_path / "results.json").write_text('{"fp32": 0.9')
