@@ -3,7 +3,9 @@
 This module is the edge where configs become specs (STYLE: configs stay at
 the edge). It owns:
 
-* `chip_spec`: a config's `chip` block -> `crossbar.Spec`.
+* `chip_spec`: a config's `chip` block -> `crossbar.Spec` (defined in
+  `rxjax.validate`, which also checks a whole config and builds every spec
+  of a run before any work).
 * `train_and_evaluate` (what `train.py` runs): digital training, evaluation
   on Cross-ideal and non-ideal chips of several tile sizes, RxNN re-training
   on one chip (crossbar forward, floating-point backward, digital update),
@@ -14,9 +16,11 @@ the edge). It owns:
   from the latest), `metrics.jsonl`, progress lines with rate and ETA.
 
 Everything a run computes is kept in its work directory: the config it ran
-with (`config.json`; a different config in the same directory is refused),
-checkpoints, finished evaluations (`results.json`, so a resumed run does not
-repeat them), metrics and the summary.
+with (`config.json`, written once the config is valid; a different config
+resumes or is refused by the rule in `rxjax.resume`), checkpoints with their
+checksums (`rxjax.checkpoints`), finished evaluations (`results.json`, so a
+resumed run does not repeat them), metrics (`rxjax.metrics`: one line per
+(phase, step)) and the summary, which names the checkpoints it came from.
 """
 
 from __future__ import annotations
