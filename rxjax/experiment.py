@@ -689,8 +689,10 @@ def _latest_variables(path: str, fresh) -> tuple[dict, int] | None:
                                                             fresh)):
     raise ckpt.CheckpointError(f"checkpoint {path}/{step} does not match "
                                "the model of this config")
-  finite.check(f"checkpoint {path}/{step}: variables", variables,
-               "weights; the training diverged")
+  finite.check("variables", variables, f"weights of checkpoint {path}/{step}",
+               "the training that wrote it diverged: train again with a "
+               "lower learning rate, or delete that step directory to use "
+               "the previous checkpoint")
   _LOADED[os.path.abspath(path)] = {"step": int(step), "sha256": digest}
   return variables, step
 

@@ -61,13 +61,16 @@ def status(tree) -> Status:
   return Status(bad == 0, bad)
 
 
-def check(name: str, tree, what: str = "") -> jax.Array | bool:
+def check(name: str, tree, what: str = "",
+          remedy: str = "remove or replace them before calling"
+          ) -> jax.Array | bool:
   """Raises on non-finite concrete values; returns a flag for traced ones.
 
   Args:
     name: the argument, as the caller typed it (`x`, `w`, `variables`).
     tree: an array or a pytree of arrays.
     what: optional words on what the argument is, for the message.
+    remedy: what to do, for the message.
 
   Returns:
     True when every leaf is concrete (and finite: otherwise it raised);
@@ -99,7 +102,7 @@ def check(name: str, tree, what: str = "") -> jax.Array | bool:
       raise ValueError(
           f"`{name}{leaf}`{' (' + what + ')' if what else ''} must be "
           f"finite, got {' and '.join(kinds)} of {a.size} values (first at "
-          f"index {first}); remove or replace them before calling")
+          f"index {first}); {remedy}")
   if not flags:
     return True
   ok = flags[0]

@@ -197,6 +197,22 @@ def test_a_killed_run_resumes_losing_nothing_finished(tmp_path, monkeypatch):
   assert result["checkpoint"] == {"phase": "digital",
                                   **summary["checkpoints"]["digital"]}
   assert result["fp32"] == summary["fp32"]
+  # A rerun that changes only what comes after the digital training resumes
+  # it (not retrained: same checksum) and keeps the old evaluations.
+  changed = _config()
+  changed.chip.adc_bits = 4
+  again = experiment.train_and_evaluate(changed, workdir)
+  assert again["checkpoints"]["digital"] == summary["checkpoints"]["digital"]
+  old = json.load(open(os.path.join(workdir, "superseded", "1",
+                                    "summary.json")))
+  assert old["nonideal"] == summary["nonideal"]
+  lines = [json.loads(l) for l in open(os.path.join(workdir,
+                                                    "metrics.jsonl"))]
+  assert [l["epoch"] for l in lines if l["phase"] == "digital"
+          and not l.get("superseded")] == [1, 2]
+  changed.num_epochs = 3  # Would change the finished digital phase.
+  with pytest.raises(ValueError, match="num_epochs.*checkpoints/digital"):
+    experiment.train_and_evaluate(changed, workdir)
   # A checkpoint whose arrays no longer match its checksum is refused by
   # train.py (which would otherwise print the cached summary) and eval.py.
   last = os.path.join(workdir, "checkpoints", "digital", "2",
@@ -204,9 +220,11 @@ def test_a_killed_run_resumes_losing_nothing_finished(tmp_path, monkeypatch):
   record = json.load(open(last))
   record["sha256"] = "0" * 64
   json.dump(record, open(last, "w"))
+  changed_back = _config()
+  changed_back.chip.adc_bits = 4
   for entry in (experiment.train_and_evaluate, experiment.evaluate):
     with pytest.raises(ckpt.CheckpointError, match="digital/2 is corrupt"):
-      entry(_config(), workdir)
+      entry(changed_back, workdir)
 
 
 def test_a_diverged_training_stops_before_its_checkpoint(tmp_path):
@@ -219,3 +237,15 @@ def test_a_diverged_training_stops_before_its_checkpoint(tmp_path):
     experiment.train(config, run, wd, phase="digital", epochs=1,
                      learning_rate=config.learning_rate)
   assert not os.path.exists(tmp_path / "checkpoints" / "digital" / "1")
+
+
+def test_nonfinite_weights_in_a_checkpoint_are_refused(tmp_path):
+  fresh = {"params": {"w": np.ones((3, 2), np.float32)}}
+  state = {"variables": {"params": {"w": np.full((3, 2), np.nan,
+                                                 np.float32)}}}
+  manager = _manager(tmp_path / "digital")
+  ckpt.save(manager, 1, state)
+  manager.close()
+  with pytest.raises(ValueError, match=r"digital/1\).*6 NaN.*diverged"):
+    experiment._latest_variables(  # pylint: disable=protected-access
+        str(tmp_path / "digital"), fresh)
