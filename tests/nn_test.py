@@ -447,10 +447,12 @@ _SHARDED_PROBE = textwrap.dedent("""
                       for a, b in layers),
             chips=max(rel(a, b) for a, b in zip(jax.tree.leaves(got),
                                                  jax.tree.leaves(one))),
-            same_instance=all(
-                bool(np.array_equal(a["chip"].g, b["chip"].g)
-                     and np.array_equal(plain(a["key"]), plain(b["key"])))
-                for a, b in layers))
+            same_keys=all(bool(np.array_equal(plain(a["key"]),
+                                              plain(b["key"])))
+                          for a, b in layers),
+            same_g=all(bool(np.array_equal(a["chip"].g, b["chip"].g))
+                       for a, b in layers),
+            g=max(rel(a["chip"].g, b["chip"].g) for a, b in layers))
       keys = jax.random.split(jax.random.key(4), 2)
       many = jax.jit(jax.vmap(program))(keys)
       many_sharded = jax.jit(jax.vmap(lambda k: program(k, meshes["auto"])))(
@@ -485,11 +487,18 @@ def test_sharded_programming_equals_one_device():
     for mesh in ("explicit", "auto"):
       assert res[mesh]["partitions"], (dtype, mesh)
       assert res[mesh]["g_eff"] <= tol, (dtype, mesh, res[mesh])
-      assert res[mesh]["same_instance"], (dtype, mesh)
+      assert res[mesh]["same_keys"], (dtype, mesh)
+      # The same chip instance: the same keys and, to rounding, the same
+      # conductances (another key moves them by ~10%). XLA may partition
+      # the mapping and the variation draw too (the same random bits: JAX's
+      # threefry is partitionable), and at the tests' optimization level 0
+      # one float operation of theirs rounded differently (3e-16 relative
+      # in float64); without that flag they were bit for bit equal.
+      assert res[mesh]["g"] <= 4 * np.finfo(dtype).eps, (dtype, mesh, res)
     # The whole chips (calibration included) on the mesh with automatic
     # axes, and Monte-Carlo chips vmapped over keys.
     assert res["auto"]["chips"] <= tol, res
     assert res["vmap"] <= tol, res
-  # Calibration on an Explicit mesh: exact in float64 (float32 rounding may
-  # move an ADC code, hence only G_eff above).
+  # Calibration on an Explicit mesh: float32 rounding may move an ADC code,
+  # hence only G_eff above in float32.
   assert result["float64"]["explicit"]["chips"] <= 1e-12
