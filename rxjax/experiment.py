@@ -41,6 +41,7 @@ import orbax.checkpoint as ocp
 from rxjax import circuit
 from rxjax import crossbar
 from rxjax import data as data_lib
+from rxjax import distributed
 from rxjax import device as device_lib
 from rxjax import mapping as mapping_lib
 from rxjax import models
@@ -108,7 +109,12 @@ class Workdir:
     self.path = os.path.abspath(path)
     os.makedirs(self.path, exist_ok=True)
     self._check_config(config)
-    self._tb = _tensorboard(self.path)
+    # Process 0 alone writes (DESIGN 6); every process decides from the
+    # results that existed when the run started, so all of them skip or
+    # compute the same evaluations (each of which needs all of them).
+    self.main = distributed.is_main()
+    self._results = self.read_json("results.json", {})
+    self._tb = _tensorboard(self.path) if self.main else None
 
   def _check_config(self, config):
     path = os.path.join(self.path, "config.json")
@@ -121,17 +127,19 @@ class Workdir:
         raise ValueError(f"{path} is unreadable ({e}); remove it or use "
                          "another --workdir") from e
       _fill_added_fields(theirs)
-      diff = sorted(_diff(theirs, mine))
+      diff = sorted(d for d in _diff(theirs, mine)
+                    if d.split(".")[0] not in _PLACEMENT_FIELDS)
       if diff:
         raise ValueError(
             f"--workdir {self.path} holds a run with a different config "
             f"(fields {', '.join(diff)}); use another --workdir or the same "
             "config to resume")
-    else:
+    elif distributed.is_main():
       self.write_json("config.json", mine)
 
   def write_json(self, name: str, value) -> str:
-    return _write_json(os.path.join(self.path, name), value)
+    path = os.path.join(self.path, name)
+    return _write_json(path, value) if distributed.is_main() else path
 
   def read_json(self, name: str, default=None):
     path = os.path.join(self.path, name)
@@ -142,6 +150,8 @@ class Workdir:
 
   def log(self, step: int, phase: str, **values):
     """Appends one metrics line (and TensorBoard scalars when available)."""
+    if not self.main:
+      return
     record = {"step": int(step), "phase": phase, "time": time.time()}
     record.update({k: _plain(v) for k, v in values.items()})
     with open(os.path.join(self.path, "metrics.jsonl"), "a") as f:
@@ -153,11 +163,10 @@ class Workdir:
 
   def result(self, name: str, compute: Callable[[], Any]):
     """A finished evaluation, computed once per work directory."""
-    results = self.read_json("results.json", {})
-    if name not in results:
-      results[name] = _plain(compute())
-      self.write_json("results.json", results)
-    return results[name]
+    if name not in self._results:
+      self._results[name] = _plain(compute())
+      self.write_json("results.json", self._results)
+    return self._results[name]
 
 
 def _write_json(path: str, value) -> str:
@@ -181,6 +190,12 @@ def _tensorboard(path):
 # value that reproduces what older rxjax did: a run started before a field
 # existed resumes when the field is left at that value.
 _ADDED_FIELDS = {"chip.pair_subtraction": "digital"}
+
+
+# Where a run is placed, not what it computes: a work directory resumes with
+# another device count or job layout (checkpoints are restored onto the
+# current mesh).
+_PLACEMENT_FIELDS = ("num_devices", "distributed")
 
 
 def _fill_added_fields(stored: dict) -> None:
@@ -254,6 +269,14 @@ class Setup:
   model: nn.Module
   data: data_lib.Dataset
   calib: np.ndarray  # Calibration images (training set).
+  # The devices the run uses (`config.num_devices`; default all): the
+  # training batch, the test batches and the Monte-Carlo chips are split
+  # over its one axis.
+  mesh: jax.sharding.Mesh | None = None
+
+  def __post_init__(self):
+    if self.mesh is None:
+      self.mesh = distributed.make_mesh()
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
@@ -266,7 +289,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   rng = np.random.default_rng(config.seed)
   idx = rng.choice(len(data.x_train), min(config.eval.calibration_size,
                                           len(data.x_train)), replace=False)
-  return Setup(model, data, data.x_train[np.sort(idx)])
+  mesh = distributed.make_mesh(config.get("num_devices"))
+  return Setup(model, data, data.x_train[np.sort(idx)], mesh)
 
 
 def init_variables(model, x, seed) -> dict:
@@ -293,8 +317,19 @@ def _optimizer(config, steps_per_epoch, epochs, learning_rate):
 
 
 def _cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                         labels).mean()
+  """Mean over the rows with a label >= 0 (-1: padding of a short batch,
+  `distributed.global_batches`)."""
+  real = labels >= 0
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.where(real, labels, 0))
+  return jnp.sum(jnp.where(real, ce, 0)) / jnp.maximum(jnp.sum(real), 1)
+
+
+def _accuracy(logits, labels):
+  """Fraction correct of the rows with a label >= 0."""
+  real = labels >= 0
+  return jnp.sum((jnp.argmax(logits, -1) == labels) & real) / jnp.maximum(
+      jnp.sum(real), 1)
 
 
 def _restore_or(manager, fresh, what: str):
@@ -321,7 +356,7 @@ def _checkpoints(workdir: Workdir, phase: str):
 
 def train_step(model, opt: optax.GradientTransformation,
                spec: crossbar.Spec | None = None, *, has_stats: bool = False,
-               program: bool = False):
+               program: bool = False, mesh: jax.sharding.Mesh | None = None):
   """The jitted training step that `train` runs.
 
   `step(state, chips, x, y) -> (state, chips, loss, accuracy)` with `state =
@@ -335,6 +370,12 @@ def train_step(model, opt: optax.GradientTransformation,
   calibrated on `x`: TxSim's exact FCM) in its own forward pass, which
   equals `nn.program` followed by the step without a second pass over the
   batch. Benchmarks time this function.
+
+  Data-parallel over `mesh` (DESIGN 6): pass `x` and `y` split over its
+  axis (`distributed.global_batches`) and the rest replicated; every output
+  comes back replicated, so XLA's collectives (the all-reduce GSPMD
+  inserts) sum the gradient across devices and every device applies the
+  same update. Labels -1 mark padding rows, which count for nothing.
   """
   mutable = ["batch_stats"] if has_stats else []
   if program and spec is None:
@@ -355,7 +396,6 @@ def train_step(model, opt: optax.GradientTransformation,
                               mutable=mutable, **kw)
     return _cross_entropy(logits, y), (logits, new)
 
-  @jax.jit
   def step(state, chips, x, y):
     variables, opt_state = state["variables"], state["opt_state"]
     (loss, (logits, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -366,10 +406,12 @@ def train_step(model, opt: optax.GradientTransformation,
     if has_stats:
       variables["batch_stats"] = new["batch_stats"]
     chips = new[rnn.COLLECTION] if program else new.get(rnn.COLLECTION, chips)
-    acc = jnp.mean(jnp.argmax(logits, -1) == y)
+    acc = _accuracy(logits, y)
     return {"variables": variables, "opt_state": opt_state}, chips, loss, acc
 
-  return step
+  if mesh is None:
+    return jax.jit(step)
+  return jax.jit(step, out_shardings=distributed.replicated(mesh))
 
 
 def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
@@ -406,21 +448,24 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     opt = optax.chain(opt, optim.apply_device_response(
         update, spec.device if spec is not None else None,
         key=jax.random.PRNGKey(config.seed + 1)))
-  fresh = {"variables": variables, "opt_state": opt.init(
-      variables["params"])}
+  mesh = run.mesh
+  fresh = distributed.replicate(
+      {"variables": variables, "opt_state": opt.init(variables["params"])},
+      mesh)
   manager = _checkpoints(workdir, phase)
   state, start = _restore_or(manager, fresh, phase)
   if start:
     print(f"  {phase}: resumed after epoch {start}", flush=True)
   has_stats = "batch_stats" in variables
-  step = train_step(model, opt, spec, has_stats=has_stats)
+  step = train_step(model, opt, spec, has_stats=has_stats, mesh=mesh)
   exact_step = None
   if spec is not None and program_every:
     exact_step = train_step(model, opt, spec, has_stats=has_stats,
-                            program=True)
+                            program=True, mesh=mesh)
 
   program = None
-  chip_key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
+  chip_key = distributed.replicate(
+      jax.random.fold_in(jax.random.key(config.seed), 1_000_003), mesh)
   if spec is not None:
     program = functools.partial(program_fn(model, spec), key=chip_key)
   progress = Progress(phase, (epochs - start) * steps_per_epoch)
@@ -431,8 +476,9 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     if program is not None and not program_every:
       chips = program(state["variables"], run.calib)
     losses, accs = [], []
-    for i, (x, y) in enumerate(data_lib.batches(
-        data.x_train, data.y_train, config.batch_size, key_or_seed=key)):
+    for i, (x, y) in enumerate(distributed.global_batches(
+        mesh, data.x_train, data.y_train, config.batch_size,
+        key_or_seed=key)):
       if exact_step is not None and i % program_every == 0:
         state, chips, loss, acc = exact_step(state, chip_key, x, y)
       else:
@@ -447,7 +493,7 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     test = accuracy(model, state["variables"], data, spec,
                     chips=None if spec is None else program(
                         state["variables"], run.calib),
-                    batch_size=config.eval.batch_size)
+                    batch_size=config.eval.batch_size, mesh=mesh)
     metrics = dict(epoch=epoch + 1, loss=float(np.mean(losses)),
                    train_accuracy=float(np.mean(accs)), test_accuracy=test)
     workdir.log((epoch + 1) * steps_per_epoch, phase, **metrics)
@@ -465,17 +511,24 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
 
 
 def accuracy(model, variables, data, spec, *, chips=None, key=None,
-             batch_size: int = 500) -> float:
-  """Test accuracy, digital (spec None) or on programmed chips."""
+             batch_size: int = 500,
+             mesh: jax.sharding.Mesh | None = None) -> float:
+  """Test accuracy, digital (spec None) or on programmed chips.
+
+  The test batches are split over `mesh` (None: every device), each
+  process loading its share; every test image counts exactly once.
+  """
+  del key
   if spec is not None and chips is None:
     raise ValueError("`chips` are needed with a spec (rxjax.nn.program)")
-  fn = _logits_fn(model, spec)
+  mesh = distributed.make_mesh() if mesh is None else mesh
+  fn = _correct_fn(model, spec, mesh)
   correct = 0
-  for x, y in data_lib.batches(data.x_test, data.y_test, batch_size,
-                               key_or_seed=0, shuffle=False):
-    logits = fn(variables, chips, x)
-    correct += int(jnp.sum(jnp.argmax(logits, -1) == y))
-  return correct / len(data.y_test)
+  for x, y in distributed.global_batches(mesh, data.x_test, data.y_test,
+                                         batch_size, key_or_seed=0,
+                                         shuffle=False):
+    correct += fn(variables, chips, x, y)
+  return int(correct) / len(data.y_test)
 
 
 # A few compiled programs per process, not one per chip setting forever:
@@ -497,45 +550,75 @@ def _logits_fn(model, spec):
   return jax.jit(lambda v, c, x: rnn.apply(model, v, c, x, spec))
 
 
+@functools.lru_cache(maxsize=_COMPILED)
+def _correct_fn(model, spec, mesh):
+  """`(variables, chips, x, y) -> images correct` (labels -1 skipped),
+  replicated over `mesh`; compiled once per (model, spec, mesh)."""
+  def correct(v, c, x, y):
+    logits = rnn.apply(model, v, c, x, spec)
+    return jnp.sum((jnp.argmax(logits, -1) == y) & (y >= 0))
+  return jax.jit(correct, out_shardings=distributed.replicated(mesh))
+
+
 def evaluate_on_chip(run: Setup, variables, spec, *, key) -> float:
   """Programs one chip instance (calibrated on the run's calibration set)
   and returns its test accuracy."""
   chips = program_fn(run.model, spec)(variables, run.calib, key=key)
-  return accuracy(run.model, variables, run.data, spec, chips=chips)
+  return accuracy(run.model, variables, run.data, spec, chips=chips,
+                  mesh=run.mesh)
 
 
 def evaluate_chips(run: Setup, variables, spec, *, key, n: int,
                    batch_size: int = 500) -> dict:
-  """Accuracy over `n` chip instances (one vmapped call per test batch).
+  """Accuracy over `n` chip instances, the chips split over `run.mesh`.
 
-  Chip `i` is programmed with `fold_in(key, i)`: the same key gives the
-  same chips. Each test batch is split into sub-batches of `batch_size / n`
-  images (at least 1) so that the `n` chips' currents fit in memory.
+  Chip `i` is programmed with `fold_in(key, i)` wherever it is solved: the
+  same key gives the same chips on any device count. The `n` chips are
+  padded to a multiple of the mesh size (the extra chips are programmed
+  and dropped); each device programs and reads its share, vmapped, on
+  every test image. Each test batch is split into sub-batches of
+  `batch_size / (chips per device)` images (at least 1) so that a device's
+  chips' currents fit in memory.
 
   Returns:
     {"n", "mean", "std", "min", "max", "accuracies"}.
   """
-  keys = jnp.stack([jax.random.fold_in(key, i) for i in range(n)])
+  mesh = run.mesh
+  per = distributed.padded_size(n, distributed.mesh_size(mesh)) // (
+      distributed.mesh_size(mesh))
+  axis = distributed.AXIS
+  P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
+
+  def program_share(key, v, x):
+    ids = jax.lax.axis_index(axis) * per + jnp.arange(per)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, ids)
+    return jax.vmap(lambda k: rnn.program(run.model, v, x, spec, key=k))(
+        keys)
+
+  def correct_share(chips, v, x, y):
+    logits = jax.vmap(lambda c: rnn.apply(run.model, v, c, x, spec))(chips)
+    return jnp.sum(jnp.argmax(logits, -1) == y, axis=-1)
+
   # Weights and images are arguments, not closed-over constants: XLA would
   # constant-fold everything that does not depend on the chip key (the
   # calibration images' patches and statistics), slowly, at compile time.
-  program = jax.jit(jax.vmap(
-      lambda k, v, x: rnn.program(run.model, v, x, spec, key=k),
-      in_axes=(0, None, None)))
-  chips = program(keys, variables, run.calib)
-  logits = jax.jit(jax.vmap(
-      lambda c, v, x: rnn.apply(run.model, v, c, x, spec),
-      in_axes=(0, None, None)))
-  sub = max(1, batch_size // n)
-  correct = np.zeros(n)
+  program = jax.jit(jax.shard_map(
+      program_share, mesh=mesh, in_specs=(P(), P(), P()),
+      out_specs=P(axis), check_vma=False))
+  chips = program(distributed.replicate(key, mesh), variables, run.calib)
+  count = jax.jit(jax.shard_map(
+      correct_share, mesh=mesh, in_specs=(P(axis), P(), P(), P()),
+      out_specs=P(axis), check_vma=False),
+                  out_shardings=distributed.replicated(mesh))
+  sub = max(1, batch_size // per)
+  correct = 0
   data = run.data
   progress = Progress(f"{n} chips", len(data.y_test), unit="images")
   for x, y in data_lib.batches(data.x_test, data.y_test, sub,
                                key_or_seed=0, shuffle=False):
-    out = logits(chips, variables, x)
-    correct += np.asarray(jnp.sum(jnp.argmax(out, -1) == y, axis=-1))
+    correct += count(chips, variables, x, y)
     progress.update(len(y))
-  acc = correct / len(data.y_test)
+  acc = np.asarray(correct)[:n] / len(data.y_test)
   return {"n": n, "mean": float(acc.mean()), "std": float(acc.std()),
           "min": float(acc.min()), "max": float(acc.max()),
           "accuracies": acc.tolist()}
@@ -584,7 +667,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     raise ValueError(f"`mode` must be 'digital', 'retrain' or 'txsim', got "
                      f"{config.mode!r}")
   summary = {"fp32": wd.result("fp32", lambda: accuracy(
-      run.model, variables, run.data, None))}
+      run.model, variables, run.data, None, mesh=run.mesh))}
   summary["ideal"], summary["nonideal"] = {}, {}
   for size in config.eval.tile_sizes:
     name = _cross(size)
@@ -618,6 +701,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     summary["chips"]["network"] = ("retrained" if
                                    config.retrain.num_epochs > 0 else
                                    "digital")
+  summary["devices"] = distributed.devices_info(run.mesh)
   summary["seconds"] = time.time() - start
   wd.write_json("summary.json", summary)
   print(table(summary))
@@ -651,7 +735,7 @@ def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
   digital = train(config, run, wd, phase="digital", epochs=config.num_epochs,
                   learning_rate=config.learning_rate)
   summary["digital"] = wd.result("digital", lambda: accuracy(
-      run.model, digital, run.data, None))
+      run.model, digital, run.data, None, mesh=run.mesh))
   for name, (spec, update) in txsim_specs(config).items():
     variables = train(config, run, wd, phase=name, epochs=config.num_epochs,
                       learning_rate=config.learning_rate, spec=spec,
@@ -660,14 +744,16 @@ def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
         run, variables, spec.replace(backward="straight_through"),
         key=jax.random.fold_in(jax.random.key(config.seed), 1_000_003)))
     print(f"  {name}: {summary[name]:.4f}", flush=True)
+  summary["devices"] = distributed.devices_info(run.mesh)
   summary["seconds"] = time.time() - start
   wd.write_json("summary.json", summary)
-  curves = plots.training_curves(
-      wd.path, {"digital": "digital", "cross_ideal": "Cross-Ideal",
-                "cross_ni": "Cross-NI"},
-      title=f"{config.model} trained on crossbars (TxSim): nu = {t.nu}, "
-      f"gamma = {t.gamma}, G_eff {t.g_eff}")
-  print(f"  wrote {curves}")
+  if wd.main:
+    curves = plots.training_curves(
+        wd.path, {"digital": "digital", "cross_ideal": "Cross-Ideal",
+                  "cross_ni": "Cross-NI"},
+        title=f"{config.model} trained on crossbars (TxSim): nu = {t.nu}, "
+        f"gamma = {t.gamma}, G_eff {t.g_eff}")
+    print(f"  wrote {curves}")
   print("| trained on | test accuracy |\n|---|---|\n" + "\n".join(
       f"| {k} | {summary[k]:.4f} |" for k in ("digital", "cross_ideal",
                                                "cross_ni")))
@@ -714,7 +800,7 @@ def _load_digital(config, run: Setup, wd: Workdir):
     raise FileNotFoundError(
         f"mode 'retrain' needs a digital checkpoint: {path} has none (set "
         "--config.init_workdir to the work directory of a digital run)")
-  return found[0]
+  return distributed.replicate(found[0], run.mesh)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -735,6 +821,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     found = _latest_variables(os.path.join(wd, "checkpoints", phase), fresh)
     if found is not None:
       variables, step = found
+      variables = distributed.replicate(variables, run.mesh)
       network = f"{phase} (epoch {step})"
       break
   else:
@@ -743,7 +830,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   size = config.chip.tile_size
   name = _cross(size)
   result = {"network": network, "fp32": accuracy(run.model, variables,
-                                                 run.data, None)}
+                                                 run.data, None,
+                                                 mesh=run.mesh)}
   for mode in ("ideal", "nonideal"):
     spec = rnn.mode_spec(mode, chip_spec(config.chip, variation=False))
     result[mode] = {name: evaluate_on_chip(run, variables, spec,
@@ -755,8 +843,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         key=jax.random.fold_in(key, 10_000), n=config.eval.num_chips,
         batch_size=config.eval.batch_size)
     result["chips"]["tile_size"] = size
+  result["devices"] = distributed.devices_info(run.mesh)
   result["seconds"] = time.time() - start
-  path = _write_json(os.path.join(wd, "eval.json"), result)
+  path = os.path.join(wd, "eval.json")
+  if distributed.is_main():
+    _write_json(path, result)
   print(table(result))
   print(f"  wrote {path} ({result['seconds']:.0f} s)")
   return result
