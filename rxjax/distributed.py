@@ -248,3 +248,15 @@ def global_batches(mesh: Mesh, x: np.ndarray, y: np.ndarray,
     xb = pad_rows(xb, rows)[share]
     yb = pad_rows(np.asarray(yb, np.int32), rows, fill=-1)[share]
     yield shard_batch(mesh, xb, yb, global_rows=rows)
+
+
+def on_mesh(tree, mesh: Mesh):
+  """`tree` as-is where every leaf already spans `mesh`'s devices (an
+  output of a step on it), else `replicate`d: one place to accept host or
+  single-device values."""
+  devices = set(mesh.devices.flat)
+  leaves = jax.tree.leaves(tree)
+  if all(isinstance(x, jax.Array) and x.sharding.device_set == devices
+         for x in leaves):
+    return tree
+  return replicate(tree, mesh)

@@ -523,6 +523,7 @@ def accuracy(model, variables, data, spec, *, chips=None, key=None,
     raise ValueError("`chips` are needed with a spec (rxjax.nn.program)")
   mesh = distributed.make_mesh() if mesh is None else mesh
   fn = _correct_fn(model, spec, mesh)
+  variables, chips = distributed.on_mesh((variables, chips), mesh)
   correct = 0
   for x, y in distributed.global_batches(mesh, data.x_test, data.y_test,
                                          batch_size, key_or_seed=0,
@@ -605,7 +606,8 @@ def evaluate_chips(run: Setup, variables, spec, *, key, n: int,
   program = jax.jit(jax.shard_map(
       program_share, mesh=mesh, in_specs=(P(), P(), P()),
       out_specs=P(axis), check_vma=False))
-  chips = program(distributed.replicate(key, mesh), variables, run.calib)
+  key, variables = distributed.on_mesh((key, variables), mesh)
+  chips = program(key, variables, run.calib)
   count = jax.jit(jax.shard_map(
       correct_share, mesh=mesh, in_specs=(P(axis), P(), P(), P()),
       out_specs=P(axis), check_vma=False),
