@@ -69,10 +69,11 @@ def run(entry: str) -> None:
     import jax  # pylint: disable=g-import-not-at-top
     config = _CONFIG.value
     setup_host(config, _CPU_DEVICES.value)
+    if jax.process_index() != 0:
+      # Process 0 reports (DESIGN 6); before `experiment` binds the stream.
+      sys.stdout = open(os.devnull, "w")  # pylint: disable=consider-using-with
     from rxjax import experiment  # pylint: disable=g-import-not-at-top
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-    if jax.process_index() != 0:
-      sys.stdout = open(os.devnull, "w")  # Process 0 reports (DESIGN 6).
     print(f"  devices: {jax.device_count()} x {jax.devices()[0].device_kind}"
           f" ({jax.devices()[0].platform}), {jax.process_count()} "
           f"process(es)", flush=True)

@@ -25,6 +25,9 @@ a function is called (STYLE: host setup lives in the program).
 
 from __future__ import annotations
 
+import socket
+import sys
+import time
 from typing import Any, Sequence
 
 import jax
@@ -83,17 +86,46 @@ def initialize(*, coordinator_address: str | None = None,
                        f"{num_processes}), got {process_id}")
     kwargs.update(coordinator_address=coordinator_address,
                   num_processes=num_processes, process_id=process_id)
+  where = coordinator_address or "the coordinator JAX detects (auto)"
+
+  def failed(detail):
+    return RuntimeError(
+        f"process {process_id} could not join the job at {where} within "
+        f"{initialization_timeout} s: start process 0 (it hosts the "
+        "coordinator there), check that the address and port are reachable "
+        f"from this host, or raise `distributed.initialization_timeout` "
+        f"({detail})")
+
+  if coordinator_address is not None and process_id != 0:
+    # JAX's client aborts the process (a C++ fatal error, no exception)
+    # when the coordinator does not answer: reach its port first, so the
+    # common mistakes (process 0 not started, wrong host or port) get an
+    # error that names the address.
+    _wait_for_port(coordinator_address, initialization_timeout, failed)
+  sys.stderr.write(f"  joining {num_processes or '?'} processes at {where} "
+                   f"(process {process_id}, timeout "
+                   f"{initialization_timeout} s)\n")
   try:
     jax.distributed.initialize(**kwargs)
   except Exception as e:  # pylint: disable=broad-except
-    where = coordinator_address or "the coordinator JAX detected (auto)"
-    raise RuntimeError(
-        f"process {process_id} could not join the job at {where} within "
-        f"{initialization_timeout} s: start process 0 there (it hosts the "
-        "coordinator), check the address and port are reachable, or raise "
-        "`distributed.initialization_timeout` "
-        f"({type(e).__name__}: {str(e)[:300]})") from e
+    raise failed(f"{type(e).__name__}: {str(e)[:300]}") from e
   return True
+
+
+def _wait_for_port(address: str, timeout: float, failed) -> None:
+  """Returns once `host:port` accepts a TCP connection; raises
+  `failed(detail)` after `timeout` seconds."""
+  host, port = address.rsplit(":", 1)
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)),
+                                    timeout=min(5.0, timeout)):
+        return
+    except (OSError, ValueError) as e:
+      if time.monotonic() >= deadline:
+        raise failed(f"{type(e).__name__}: {e}") from e
+      time.sleep(0.5)
 
 
 def make_mesh(num_devices: int | None = None,

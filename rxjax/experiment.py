@@ -569,6 +569,37 @@ def evaluate_on_chip(run: Setup, variables, spec, *, key) -> float:
                   mesh=run.mesh)
 
 
+@functools.lru_cache(maxsize=_COMPILED)
+def _chips_fns(model, spec, mesh, per: int):
+  """`evaluate_chips`' two programs for `per` chips on each device of
+  `mesh`: `program(key, variables, x) -> chips` (chip `i` from
+  `fold_in(key, i)`, the chip axis split over the mesh) and `count(chips,
+  variables, x, y) -> [chips] images correct` (replicated)."""
+  axis = distributed.AXIS
+  P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
+
+  def program_share(key, v, x):
+    ids = jax.lax.axis_index(axis) * per + jnp.arange(per)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, ids)
+    return jax.vmap(lambda k: rnn.program(model, v, x, spec, key=k))(keys)
+
+  def correct_share(chips, v, x, y):
+    logits = jax.vmap(lambda c: rnn.apply(model, v, c, x, spec))(chips)
+    return jnp.sum(jnp.argmax(logits, -1) == y, axis=-1)
+
+  # Weights and images are arguments, not closed-over constants: XLA would
+  # constant-fold everything that does not depend on the chip key (the
+  # calibration images' patches and statistics), slowly, at compile time.
+  program = jax.jit(jax.shard_map(
+      program_share, mesh=mesh, in_specs=(P(), P(), P()),
+      out_specs=P(axis), check_vma=False))
+  count = jax.jit(jax.shard_map(
+      correct_share, mesh=mesh, in_specs=(P(axis), P(), P(), P()),
+      out_specs=P(axis), check_vma=False),
+                  out_shardings=distributed.replicated(mesh))
+  return program, count
+
+
 def evaluate_chips(run: Setup, variables, spec, *, key, n: int,
                    batch_size: int = 500) -> dict:
   """Accuracy over `n` chip instances, the chips split over `run.mesh`.
@@ -587,31 +618,9 @@ def evaluate_chips(run: Setup, variables, spec, *, key, n: int,
   mesh = run.mesh
   per = distributed.padded_size(n, distributed.mesh_size(mesh)) // (
       distributed.mesh_size(mesh))
-  axis = distributed.AXIS
-  P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
-
-  def program_share(key, v, x):
-    ids = jax.lax.axis_index(axis) * per + jnp.arange(per)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, ids)
-    return jax.vmap(lambda k: rnn.program(run.model, v, x, spec, key=k))(
-        keys)
-
-  def correct_share(chips, v, x, y):
-    logits = jax.vmap(lambda c: rnn.apply(run.model, v, c, x, spec))(chips)
-    return jnp.sum(jnp.argmax(logits, -1) == y, axis=-1)
-
-  # Weights and images are arguments, not closed-over constants: XLA would
-  # constant-fold everything that does not depend on the chip key (the
-  # calibration images' patches and statistics), slowly, at compile time.
-  program = jax.jit(jax.shard_map(
-      program_share, mesh=mesh, in_specs=(P(), P(), P()),
-      out_specs=P(axis), check_vma=False))
+  program, count = _chips_fns(run.model, spec, mesh, per)
   key, variables = distributed.on_mesh((key, variables), mesh)
   chips = program(key, variables, run.calib)
-  count = jax.jit(jax.shard_map(
-      correct_share, mesh=mesh, in_specs=(P(axis), P(), P(), P()),
-      out_specs=P(axis), check_vma=False),
-                  out_shardings=distributed.replicated(mesh))
   sub = max(1, batch_size // per)
   correct = 0
   data = run.data
