@@ -26,7 +26,10 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 SHORT = ["--config=configs/lenet_mnist.py", "--config.num_epochs=1",
          "--config.batch_size=128", "--config.eval.tile_sizes=(64,)",
          "--config.eval.num_chips=8", "--config.retrain.num_epochs=1",
-         "--config.log_every_steps=0"]
+         "--config.log_every_steps=0", "--config.eval.calibration_size=64",
+         # One device slice per weight and one DAC cycle per input: the
+         # chip reads 32 times fewer crossbars (the placement is the test).
+         "--config.chip.device_bits=8", "--config.chip.dac_bits=8"]
 
 
 def _train(workdir, *flags, process=None, port=None, log=None):
