@@ -230,9 +230,10 @@ class Progress:
   """Prints `phase: 42% 120/288 steps, 35.1 steps/s, ETA 5s` now and then."""
 
   def __init__(self, phase: str, total: int, unit: str = "steps",
-               every_s: float = 5.0, stream=sys.stdout):
+               every_s: float = 5.0, stream=None):
     self.phase, self.total, self.unit = phase, total, unit
-    self.every_s, self.stream = every_s, stream
+    self.every_s = every_s
+    self.stream = sys.stdout if stream is None else stream  # At call time.
     self.start = self.last = time.time()
     self.done = 0
 
