@@ -164,9 +164,8 @@ def _last_epoch(wd: experiment.Workdir, phase: str, epochs: int) -> dict:
 def _release_compiled():
   """Drops the compiled programs of a finished point.
 
-  `experiment.program_fn`, `_logits_fn`, `_correct_fn` and `_chips_fns`
-  keep one compiled function per (model, spec) for the life of the
-  process, and every sweep
+  `experiment.program_fn`, `_correct_fn` and `_chips_fns` keep one compiled
+  function per (model, spec) for the life of the process, and every sweep
   point has its own spec: in one long process the executables pile up until
   XLA's CPU backend cannot map more code (the first full run died at point
   17 of 21 with "LLVM ERROR: Unable to allocate section memory", memory
@@ -175,7 +174,6 @@ def _release_compiled():
   compilation cache keeps them on disk for reruns.
   """
   experiment.program_fn.cache_clear()
-  experiment._logits_fn.cache_clear()  # pylint: disable=protected-access
   experiment._correct_fn.cache_clear()  # pylint: disable=protected-access
   experiment._chips_fns.cache_clear()  # pylint: disable=protected-access
   jax.clear_caches()

@@ -549,12 +549,6 @@ def program_fn(model, spec):
 
 
 @functools.lru_cache(maxsize=_COMPILED)
-def _logits_fn(model, spec):
-  """Compiled once per (model, spec), not once per evaluation."""
-  return jax.jit(lambda v, c, x: rnn.apply(model, v, c, x, spec))
-
-
-@functools.lru_cache(maxsize=_COMPILED)
 def _correct_fn(model, spec, mesh):
   """`(variables, chips, x, y) -> images correct` (labels -1 skipped),
   replicated over `mesh`; compiled once per (model, spec, mesh)."""
