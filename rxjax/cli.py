@@ -113,19 +113,16 @@ def run(entry: str) -> None:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import jax  # pylint: disable=g-import-not-at-top
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     config = _CONFIG.value
     try:
-      setup_host(config, _CPU_DEVICES.value)
+      setup_host(config, _CPU_DEVICES.value)  # Starts no backend.
     except (ValueError, RuntimeError) as e:
       if _DEBUG.value:
         raise
       _fail(e, 2 if isinstance(e, ValueError) else 1)
-    if jax.process_index() != 0:
-      # Process 0 reports (DESIGN 6).
-      sys.stdout = open(os.devnull, "w")  # pylint: disable=consider-using-with
     from rxjax import experiment  # pylint: disable=g-import-not-at-top
     from rxjax import validate  # pylint: disable=g-import-not-at-top
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     try:
       overrides = config_flags.get_override_values(flags.FLAGS["config"])
       unused = validate.unused_overrides(config, overrides, entry)
@@ -141,6 +138,9 @@ def run(entry: str) -> None:
       if _DEBUG.value:
         raise
       _fail(e, 2)
+    if jax.process_index() != 0:
+      # Process 0 reports (DESIGN 6).
+      sys.stdout = open(os.devnull, "w")  # pylint: disable=consider-using-with
     print(f"  devices: {jax.device_count()} x {jax.devices()[0].device_kind}"
           f" ({jax.devices()[0].platform}), {jax.process_count()} "
           f"process(es)", flush=True)

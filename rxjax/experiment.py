@@ -78,11 +78,10 @@ class Workdir:
     self.path = os.path.abspath(path)
     os.makedirs(self.path, exist_ok=True)
     self._check_config(config)
-    # Process 0 alone writes (DESIGN 6); every process decides from the
-    # results that existed when the run started, so all of them skip or
-    # compute the same evaluations (each of which needs all of them).
+    # Process 0 alone writes (DESIGN 6). Every process reads results.json
+    # to skip a finished evaluation: they agree, since each evaluation needs
+    # all of them, so none can find one that the others have not finished.
     self.main = distributed.is_main()
-    self._results = self.read_json("results.json", {})
     self._tb = _tensorboard(self.path) if self.main else None
     self._metrics = metrics_lib.MetricsFile(
         os.path.join(self.path, "metrics.jsonl")) if self.main else None
@@ -149,10 +148,11 @@ class Workdir:
 
   def result(self, name: str, compute: Callable[[], Any]):
     """A finished evaluation, computed once per work directory."""
-    if name not in self._results:
-      self._results[name] = _plain(compute())
-      self.write_json("results.json", self._results)
-    return self._results[name]
+    results = self.read_json("results.json", {})
+    if name not in results:
+      results[name] = _plain(compute())
+      self.write_json("results.json", results)
+    return results[name]
 
 
 def _write_json(path: str, value) -> str:

@@ -53,7 +53,7 @@ def config(**kw):
 out = {}
 # A trained network (digital, one epoch, data-parallel on 4 devices).
 c = config(num_devices=4)
-c.eval.tile_sizes, c.eval.num_chips = (), 0
+c.eval.num_chips = 0
 wd = tempfile.mkdtemp()
 out["summary"] = experiment.train_and_evaluate(c, wd)
 
