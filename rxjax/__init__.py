@@ -59,6 +59,7 @@ def _keep_freed_memory():
 _limit_blas_threads()
 _keep_freed_memory()
 
+from rxjax import energy
 from rxjax import nn
 from rxjax.circuit import (NodeVoltages, Wires, aam_conductance, effective_conductance,
                            node_voltages, series_model)
@@ -73,7 +74,7 @@ __all__ = [
     "ADCSpec", "Chip", "DACSpec", "DeviceSpec", "DeviceUpdateState",
     "MappingSpec", "NodeVoltages", "Spec", "UpdateSpec", "Wires",
     "aam_conductance", "apply_device_response", "calibrate", "crossbar_matmul",
-    "effective_conductance", "fold", "matmul", "nn", "node_voltages", "program",
+    "effective_conductance", "energy", "fold", "matmul", "nn", "node_voltages", "program",
     "program_layers", "read", "reprogram", "series_model",
 ]
 __version__ = "0.1.0"

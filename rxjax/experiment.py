@@ -42,6 +42,7 @@ from rxjax import circuit
 from rxjax import crossbar
 from rxjax import data as data_lib
 from rxjax import device as device_lib
+from rxjax import energy as energy_lib
 from rxjax import mapping as mapping_lib
 from rxjax import models
 from rxjax import nn as rnn
@@ -497,11 +498,45 @@ def _logits_fn(model, spec):
   return jax.jit(lambda v, c, x: rnn.apply(model, v, c, x, spec))
 
 
-def evaluate_on_chip(run: Setup, variables, spec, *, key) -> float:
+def evaluate_on_chip(run: Setup, variables, spec, *, key,
+                     energy: dict | None = None) -> float:
   """Programs one chip instance (calibrated on the run's calibration set)
-  and returns its test accuracy."""
+  and returns its test accuracy; fills `energy` (if given) with
+  `chip_energy` of the same programmed chip."""
   chips = program_fn(run.model, spec)(variables, run.calib, key=key)
+  if energy is not None:
+    energy.update(chip_energy(run, variables, spec, chips=chips))
   return accuracy(run.model, variables, run.data, spec, chips=chips)
+
+
+# Calibration images whose layer inputs drive the array term of the energy.
+_ENERGY_IMAGES = 16
+
+
+def chip_energy(run: Setup, variables, spec, *, chips=None, key=None) -> dict:
+  """Energy, latency and area per image of the network on the chip
+  (`rxjax.energy.estimate`, ISAAC's components), as `summary.json` keeps
+  it. The array term uses the programmed `chips` (or programs one with
+  `key`) and the floating-point layer inputs of a few calibration images
+  (one compile serves every chip of the run).
+  """
+  start = time.perf_counter()
+  if chips is None:
+    chips = program_fn(run.model, spec)(variables, run.calib, key=key)
+  report = energy_lib.estimate(run.model, variables,
+                               run.calib[:_ENERGY_IMAGES], spec, key=None,
+                               chips=chips, inputs="digital")
+  return {**report.summary(), "seconds": time.perf_counter() - start}
+
+
+def _print_energy(mode: str, name: str, e: dict) -> None:
+  parts = ", ".join(f"{k} {v * 1e6:.4g}" for k, v in
+                    e["breakdown_j_per_image"].items()
+                    if k not in ("buffer_read", "buffer_write"))
+  print(f"  energy {mode} {name}: {e['j_per_image'] * 1e6:.4g} uJ/image "
+        f"({parts} uJ), {e['s_per_image'] * 1e6:.4g} us/image, "
+        f"{e['area_mm2']:.4g} mm^2 (estimated in {e['seconds']:.2f} s)",
+        flush=True)
 
 
 def evaluate_chips(run: Setup, variables, spec, *, key, n: int,
@@ -586,15 +621,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   summary = {"fp32": wd.result("fp32", lambda: accuracy(
       run.model, variables, run.data, None))}
   summary["ideal"], summary["nonideal"] = {}, {}
+  summary["energy"] = {"ideal": {}, "nonideal": {}}
   for size in config.eval.tile_sizes:
     name = _cross(size)
     for mode, variation in (("ideal", False), ("nonideal", False)):
       spec = rnn.mode_spec(mode, chip_spec(config.chip, tile_size=size,
                                            variation=variation))
+      energy = {}
       summary[mode][name] = wd.result(f"{mode}/{name}", lambda: (
           evaluate_on_chip(run, variables, spec,
-                           key=jax.random.fold_in(key, size))))
+                           key=jax.random.fold_in(key, size), energy=energy)))
       print(f"  {mode} {name}: {summary[mode][name]:.4f}", flush=True)
+      summary["energy"][mode][name] = wd.result(
+          f"energy/{mode}/{name}", lambda: energy or chip_energy(
+              run, variables, spec, key=jax.random.fold_in(key, size)))
+      _print_energy(mode, name, summary["energy"][mode][name])
       wd.log(0, f"eval/{mode}", **{name: summary[mode][name]})
   final = variables
   size = config.retrain.tile_size
@@ -604,11 +645,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                   epochs=config.retrain.num_epochs,
                   learning_rate=config.retrain.learning_rate, spec=spec,
                   init=variables)
+    energy = {}
     summary["retrained"] = {_cross(size): wd.result(
         f"retrained/{_cross(size)}", lambda: evaluate_on_chip(
-            run, final, spec, key=jax.random.fold_in(key, size)))}
+            run, final, spec, key=jax.random.fold_in(key, size),
+            energy=energy))}
     print(f"  retrained {_cross(size)}: "
           f"{summary['retrained'][_cross(size)]:.4f}", flush=True)
+    summary["energy"]["retrained"] = {_cross(size): wd.result(
+        f"energy/retrained/{_cross(size)}", lambda: energy or chip_energy(
+            run, final, spec, key=jax.random.fold_in(key, size)))}
+    _print_energy("retrained", _cross(size),
+                  summary["energy"]["retrained"][_cross(size)])
   if config.eval.num_chips > 0:
     chips_spec = chip_spec(config.chip, tile_size=size)
     summary["chips"] = wd.result("chips", lambda: evaluate_chips(
@@ -744,11 +792,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   name = _cross(size)
   result = {"network": network, "fp32": accuracy(run.model, variables,
                                                  run.data, None)}
+  result["energy"] = {}
   for mode in ("ideal", "nonideal"):
     spec = rnn.mode_spec(mode, chip_spec(config.chip, variation=False))
+    energy = {}
     result[mode] = {name: evaluate_on_chip(run, variables, spec,
-                                           key=jax.random.fold_in(key, size))}
+                                           key=jax.random.fold_in(key, size),
+                                           energy=energy)}
     print(f"  {mode} {name}: {result[mode][name]:.4f}", flush=True)
+    result["energy"][mode] = {name: energy}
+    _print_energy(mode, name, energy)
   if config.eval.num_chips > 0:
     result["chips"] = evaluate_chips(
         run, variables, chip_spec(config.chip),

@@ -146,6 +146,17 @@ def test_eval_restores_the_checkpoint_and_writes_eval_json(finished):
   result = experiment.evaluate(_config(), workdir)
   assert result["fp32"] == summary["fp32"]
   assert result["ideal"]["cross16"] == summary["ideal"]["cross16"]
+  # Energy per image of the same chips, in both files (rxjax.energy).
+  for mode in ("ideal", "nonideal"):
+    e, e_train = (result["energy"][mode]["cross16"],
+                  summary["energy"][mode]["cross16"])
+    assert set(e) >= {"j_per_image", "breakdown_j_per_image", "s_per_image",
+                      "area_mm2"}
+    assert e["j_per_image"] == pytest.approx(e_train["j_per_image"],
+                                             rel=1e-6)
+    assert e["j_per_image"] == pytest.approx(sum(
+        v for k, v in e["breakdown_j_per_image"].items()
+        if k not in ("buffer_read", "buffer_write")), rel=1e-12)
   with open(os.path.join(workdir, "eval.json")) as f:
     assert json.load(f)["fp32"] == summary["fp32"]
   assert summary["fp32"] > 0.8  # Digits are easy even for a small MLP.
