@@ -690,17 +690,27 @@ def _rows_of(call: _Call):
   return jnp.moveaxis(p, 1, 0)
 
 
-def _digits(rows, x_scale, spec: crossbar.Spec):
+def _digits(rows, x_scale, spec: crossbar.Spec) -> np.ndarray:
   """DAC digits of every read `[G, Q, C, R, K]` in [0, 1] (volts / v_read):
-  the chip's input scale `[G]`, passes and streaming (`periphery`)."""
-  x01 = rows / x_scale.reshape(-1, 1, 1).astype(rows.dtype)
-  passes = [jnp.maximum(x01, 0)]
+  the chip's input scale `[G]`, the passes and the streaming of
+  `periphery.stream` (`q = round(clip(x01) L_in)`, least significant digit
+  first), in NumPy: it runs once per chip, and eager jax.numpy would compile
+  every operation for every layer's shape."""
+  x01 = rows / np.asarray(x_scale, rows.dtype).reshape(-1, 1, 1)
+  passes = [np.maximum(x01, 0)]
   if spec.inputs != "non_negative":
-    passes.append(jnp.maximum(-x01, 0))
-  q = periphery.stream_levels(jnp.stack(passes, axis=1), spec.dac)
-  cycles = [periphery.stream_cycle(q, c, spec.dac)
-            for c in range(periphery.n_cycles(spec.dac))]
-  return jnp.stack(cycles, axis=2)
+    passes.append(np.maximum(-x01, 0))
+  x01 = np.clip(np.stack(passes, axis=1), 0, 1)  # [G, Q, R, K]
+  d = spec.dac
+  if d.input_bits is None:
+    return x01[:, :, None]
+  q = np.round(x01 * (2.0**d.input_bits - 1))  # Half to even, as jnp.round.
+  if d.dac_bits is None:
+    return (q / (2.0**d.input_bits - 1))[:, :, None]
+  base = 2.0**d.dac_bits
+  cycles = [np.mod(np.floor(q / base**c), base) / (base - 1)
+            for c in range(periphery.n_cycles(d))]
+  return np.stack(cycles, axis=2)
 
 
 def _chip_arrays(chips, path):
@@ -717,51 +727,46 @@ _INPUTS = ("chip", "digital")
 _OWN = object()  # Marks a layer that runs on the spec of the call.
 
 
-def _stream_key(spec: crossbar.Spec):
-  """What of a spec the input digits depend on (passes and streaming)."""
-  d = spec.dac
-  return (spec.inputs, d.input_bits, d.dac_bits)
-
-
-def _moments_fn(*key):
-  """`_build_moments_fn`, compiled once per setting when the model is
-  hashable (a module holding a list, as `nn.Sequential`, is not)."""
+def _rows_fn(*key):
+  """`_build_rows_fn`, compiled once per setting when the model is hashable
+  (a module holding a list, as `nn.Sequential`, is not)."""
   try:
     hash(key)
   except TypeError:
-    return _build_moments_fn(*key)
-  return _cached_moments_fn(*key)
+    return _build_rows_fn(*key)
+  return _cached_rows_fn(*key)
 
 
-def _build_moments_fn(model, spec, inputs, exact, images, kwargs):
-  """`(variables, chips, x, x_scales) -> [per layer: sum over reads of u^2
-  [G, Q, C, K] (or of u u^T [G, Q, C, K, K] when exact)]`, compiled once
-  per setting. With digital inputs `spec` only needs `_stream_key`'s
-  fields (one compile serves every tile size)."""
+def _build_rows_fn(model, spec, images, kwargs):
+  """`(variables, chips, x) -> [per crossbar layer: its input vectors [G, R,
+  K]]`: through the chip `spec`, or (spec None) the floating-point forward
+  pass, which does not depend on the chip (one compile serves every chip of
+  a run)."""
   apply_kwargs = dict(kwargs)
 
-  def run(v, c, x, x_scales):
+  def run(v, c, x):
     calls = []
-    with nn.intercept_methods(_recorder(calls, spec if inputs == "chip"
-                                        else _OWN, images)):
-      if inputs == "chip":
-        rnn.apply(model, v, c, x, spec, **apply_kwargs)
-      else:
+    with nn.intercept_methods(_recorder(calls, _OWN if spec is None else spec,
+                                        images)):
+      if spec is None:
         model.apply(v, x, **apply_kwargs)
-    out = []
-    for call, x_scale in zip(calls, x_scales):
-      layer_spec = spec if call.spec is _OWN else call.spec
-      u = _digits(_rows_of(call), x_scale, layer_spec)
-      if exact:
-        out.append(jnp.einsum("gqcrk,gqcrl->gqckl", u, u))
       else:
-        out.append(jnp.square(u).sum(3))
-    return out
+        rnn.apply(model, v, c, x, spec, **apply_kwargs)
+    return [_rows_of(call) for call in calls]
 
   return jax.jit(run)
 
 
-_cached_moments_fn = functools.lru_cache(maxsize=8)(_build_moments_fn)
+_cached_rows_fn = functools.lru_cache(maxsize=8)(_build_rows_fn)
+
+
+def _moment(u, exact: bool) -> np.ndarray:
+  """Sum over reads of `u^2` `[G, Q, C, K]`, or of `u u^T` `[G, Q, C, K, K]`
+  when exact, from digits `[G, Q, C, R, K]` (float64)."""
+  u = u.astype(np.float64)
+  if exact:
+    return np.einsum("gqcrk,gqcrl->gqckl", u, u)
+  return np.square(u).sum(3)
 
 
 @functools.lru_cache(maxsize=8)
@@ -832,15 +837,11 @@ def estimate(model: nn.Module, variables, x, spec: crossbar.Spec, *, key,
   found = layers(model, variables, x, spec, **apply_kwargs)
   paths = [tuple(name.split("/")) if name else () for name, _, _ in found]
   arrays = [_chip_arrays(chips, path) for path in paths]
-  key_spec = spec
-  if inputs == "digital":  # Digits depend on the streaming only.
-    key_spec = crossbar.Spec(
-        inputs=spec.inputs, dac=periphery.DACSpec(
-            input_bits=spec.dac.input_bits, dac_bits=spec.dac.dac_bits))
-  fn = _moments_fn(model, key_spec, inputs, espec.array_model == "exact",
-                   images, kwargs)
-  moments = fn(variables, chips if inputs == "chip" else None, x,
-               [a[2] for a in arrays])
+  fn = _rows_fn(model, spec if inputs == "chip" else None, images, kwargs)
+  layer_rows = fn(variables, chips if inputs == "chip" else None, x)
+  exact = espec.array_model == "exact"
+  moments = [_moment(_digits(np.asarray(r), a[2], layer_spec), exact)
+             for r, a, (_, _, layer_spec) in zip(layer_rows, arrays, found)]
   rows = []
   for (name, geometry, layer_spec), moment, (g, g_eff, _) in zip(
       found, moments, arrays):
