@@ -690,27 +690,47 @@ def _rows_of(call: _Call):
   return jnp.moveaxis(p, 1, 0)
 
 
-def _digits(rows, x_scale, spec: crossbar.Spec) -> np.ndarray:
-  """DAC digits of every read `[G, Q, C, R, K]` in [0, 1] (volts / v_read):
-  the chip's input scale `[G]`, the passes and the streaming of
-  `periphery.stream` (`q = round(clip(x01) L_in)`, least significant digit
-  first), in NumPy: it runs once per chip, and eager jax.numpy would compile
-  every operation for every layer's shape."""
+def _moment(rows, x_scale, spec: crossbar.Spec, exact: bool) -> np.ndarray:
+  """Sum over every read of the DAC digits' `u^2` (`[G, Q, C, K]`) or, when
+  exact, of `u u^T` (`[G, Q, C, K, K]`), float64; `u` in [0, 1] is volts /
+  v_read.
+
+  The digits are the chip's: its input scale `[G]`, passes and the
+  streaming of `periphery.stream` (`q = round(clip(x01) L_in)`, digit c =
+  `(q >> c dac_bits) & (2**dac_bits - 1)` over its full scale). In NumPy,
+  one cycle at a time: it runs once per chip, and eager jax.numpy would
+  compile every operation for every layer's shape.
+
+  Args:
+    rows: `[G, R, K]` the layer's input vectors (every read).
+    x_scale: `[G]` input scales.
+  """
   x01 = rows / np.asarray(x_scale, rows.dtype).reshape(-1, 1, 1)
   passes = [np.maximum(x01, 0)]
   if spec.inputs != "non_negative":
     passes.append(np.maximum(-x01, 0))
   x01 = np.clip(np.stack(passes, axis=1), 0, 1)  # [G, Q, R, K]
   d = spec.dac
+
+  def reduce(u, scale):  # Sum over reads (axis 2), then / scale^2.
+    if exact:
+      out = np.einsum("gqrk,gqrl->gqkl", u, u, dtype=np.float64)
+    else:
+      out = np.einsum("gqrk,gqrk->gqk", u, u, dtype=np.float64)
+    return out / scale**2
+
   if d.input_bits is None:
-    return x01[:, :, None]
-  q = np.round(x01 * (2.0**d.input_bits - 1))  # Half to even, as jnp.round.
+    return reduce(x01, 1.0)[:, :, None]
+  levels = 2**d.input_bits - 1
+  q = np.round(x01 * levels)  # Half to even, as jnp.round.
   if d.dac_bits is None:
-    return (q / (2.0**d.input_bits - 1))[:, :, None]
-  base = 2.0**d.dac_bits
-  cycles = [np.mod(np.floor(q / base**c), base) / (base - 1)
-            for c in range(periphery.n_cycles(d))]
-  return np.stack(cycles, axis=2)
+    return reduce(q, levels)[:, :, None]
+  q = q.astype(np.int32 if d.input_bits < 31 else np.int64)
+  mask = 2**d.dac_bits - 1
+  dtype = np.float32 if mask < 2**12 else np.float64  # Exact products.
+  return np.stack([
+      reduce(((q >> (c * d.dac_bits)) & mask).astype(dtype), mask)
+      for c in range(periphery.n_cycles(d))], axis=2)
 
 
 def _chip_arrays(chips, path):
@@ -758,15 +778,6 @@ def _build_rows_fn(model, spec, images, kwargs):
 
 
 _cached_rows_fn = functools.lru_cache(maxsize=8)(_build_rows_fn)
-
-
-def _moment(u, exact: bool) -> np.ndarray:
-  """Sum over reads of `u^2` `[G, Q, C, K]`, or of `u u^T` `[G, Q, C, K, K]`
-  when exact, from digits `[G, Q, C, R, K]` (float64)."""
-  u = u.astype(np.float64)
-  if exact:
-    return np.einsum("gqcrk,gqcrl->gqckl", u, u)
-  return np.square(u).sum(3)
 
 
 @functools.lru_cache(maxsize=8)
@@ -840,7 +851,7 @@ def estimate(model: nn.Module, variables, x, spec: crossbar.Spec, *, key,
   fn = _rows_fn(model, spec if inputs == "chip" else None, images, kwargs)
   layer_rows = fn(variables, chips if inputs == "chip" else None, x)
   exact = espec.array_model == "exact"
-  moments = [_moment(_digits(np.asarray(r), a[2], layer_spec), exact)
+  moments = [_moment(np.asarray(r), a[2], layer_spec, exact)
              for r, a, (_, _, layer_spec) in zip(layer_rows, arrays, found)]
   rows = []
   for (name, geometry, layer_spec), moment, (g, g_eff, _) in zip(
