@@ -50,7 +50,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks import _common  # noqa: E402
 from configs import lenet_mnist  # noqa: E402
 from rxjax import energy, experiment, models  # noqa: E402
-from rxjax import nn as rnn  # noqa: E402
 
 SIZES = (16, 32, 64)
 # name -> (input side, channels, classes): the papers' data sets.

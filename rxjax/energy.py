@@ -176,10 +176,11 @@ class EnergySpec:
       "g_eff" (default: row i sources `v_i * sum_j G_eff[i, j]`, the
       current its own drive delivers to the outputs; exact with ideal
       wires or when all rows share one voltage, and otherwise off by the
-      wire coupling between rows, ~1e-3 relative for the default chip) or
+      wire coupling between rows; docs/energy.md gives its size) or
       "exact" (the row-port admittance `Y` from M exact per-input solves
       per tile, `periphery.port_admittance`, so every read dissipates
-      exactly `v^T Y v`; ~100x the cost of the `G_eff` solve).
+      exactly `v^T Y v`; M solves per tile cost far more than the `G_eff`
+      solve).
 
   Raises:
     ValueError: a field out of its range; the message names the field and

@@ -7,7 +7,6 @@ crossbars per pair), never taken from the code under test.
 """
 
 import dataclasses
-import math
 
 import flax.linen as nn
 import jax
