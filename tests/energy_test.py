@@ -225,11 +225,13 @@ def test_per_image_numbers_do_not_depend_on_the_batch_size():
   # The measured array term as well: the same image 1 or 4 times.
   x = jax.random.uniform(jax.random.key(0), (1, 8, 8, 2))
   variables = model.init(jax.random.key(1), x)
-  spec = _spec(wires=circuit.Wires(r_row=2.0, r_col=5.0, r_source=50.0,
-                                   r_sense=50.0))
-  a = energy.estimate(model, variables, x, spec, key=jax.random.key(2))
+  spec = _spec(input_bits=4, dac_bits=2)
+  chips = jax.jit(lambda v, x: rxjax.nn.program(
+      model, v, x, spec, key=jax.random.key(2)))(variables, x)
+  a = energy.estimate(model, variables, x, spec, key=None, chips=chips,
+                      inputs="digital")
   b = energy.estimate(model, variables, jnp.repeat(x, 4, axis=0), spec,
-                      key=jax.random.key(2))
+                      key=None, chips=chips, inputs="digital")
   assert a.energy_j["array"] > 0
   assert b.energy_j["array"] == pytest.approx(a.energy_j["array"],
                                               rel=1e-5)
@@ -246,7 +248,9 @@ def _digits_by_hand(x01, input_bits, dac_bits):
                    for c in range(cycles)])
 
 
-@pytest.mark.parametrize("model_name", ["exact", "g_eff"])
+@pytest.mark.parametrize("model_name", [
+    pytest.param("exact", marks=pytest.mark.slow),  # ~30 s: compiles the
+    "g_eff"])                                        # per-input solve.
 def test_array_term_is_the_sum_of_v_times_i_of_the_tile(model_name):
   # One 8 x 8 layer on one tile pair (full-precision cells, 1 slice), 4-bit
   # inputs in two 2-bit cycles, wires on: the energy the sources deliver,
@@ -261,8 +265,9 @@ def test_array_term_is_the_sum_of_v_times_i_of_the_tile(model_name):
   variables = model.init(jax.random.key(1), x)
   espec = energy.EnergySpec(array_model=model_name, read_pulse_s=2e-9)
   chips = rxjax.nn.program(model, variables, x, spec, key=jax.random.key(2))
+  # The only layer's inputs are x itself, on the chip or not.
   report = energy.estimate(model, variables, x, spec, key=None,
-                           chips=chips, energy_spec=espec)
+                           chips=chips, energy_spec=espec, inputs="digital")
   chip = chips["chip"]
   g = np.asarray(chip.g)[0, 0, :, 0, 0]  # [P, M, N]: the pair's crossbars.
   u = _digits_by_hand(np.asarray(x) / float(chip.x_scale[0]), 4, 2)
@@ -283,6 +288,7 @@ def test_array_term_with_ideal_wires_is_v_squared_times_g():
   x = jax.random.uniform(jax.random.key(3), (2, 6))
   variables = model.init(jax.random.key(4), x)
   chips = rxjax.nn.program(model, variables, x, spec, key=jax.random.key(5))
+  # The chip's own layer inputs (`inputs="chip"`): here x itself.
   report = energy.estimate(model, variables, x, spec, key=None, chips=chips)
   g = np.asarray(chips["chip"].g)[0, 0, :, 0, 0]  # [P, M, N]
   v = spec.dac.v_read * np.clip(np.asarray(x) / float(
