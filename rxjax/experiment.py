@@ -643,6 +643,14 @@ def txsim_specs(config) -> dict:
   }
 
 
+def _txsim_accuracy(config, run: Setup, variables, spec) -> float:
+  """A network trained on a chip, evaluated on that chip (forward reads;
+  the backward pass does not matter here)."""
+  return evaluate_on_chip(
+      run, variables, spec.replace(backward="straight_through"),
+      key=jax.random.fold_in(jax.random.key(config.seed), 1_000_003))
+
+
 def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
   """TxSim: digital, Cross-Ideal and Cross-NI training from one init."""
   t = config.txsim
@@ -656,9 +664,8 @@ def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
     variables = train(config, run, wd, phase=name, epochs=config.num_epochs,
                       learning_rate=config.learning_rate, spec=spec,
                       update=update, program_every=every)
-    summary[name] = wd.result(name, lambda: evaluate_on_chip(
-        run, variables, spec.replace(backward="straight_through"),
-        key=jax.random.fold_in(jax.random.key(config.seed), 1_000_003)))
+    summary[name] = wd.result(name, lambda: _txsim_accuracy(
+        config, run, variables, spec))
     print(f"  {name}: {summary[name]:.4f}", flush=True)
   summary["seconds"] = time.time() - start
   wd.write_json("summary.json", summary)
@@ -717,11 +724,42 @@ def _load_digital(config, run: Setup, wd: Workdir):
   return found[0]
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """`eval.py`: the latest checkpoint as fp32, ideal, non-ideal, N chips.
+# The checkpoint phase(s) whose networks each mode produces, as eval.py
+# evaluates them.
+_EVAL_PHASES = {"digital": ("digital",), "retrain": ("retrain",),
+                "txsim": ("digital", "cross_ideal", "cross_ni")}
 
-  Uses the re-trained network when the work directory has one, else the
-  digital one. Writes `eval.json` and prints a Markdown table.
+
+def _load_phase(wd: str, phase: str, fresh, mode: str):
+  """(variables, "phase (epoch n)") of a phase's latest checkpoint; a clear
+  error naming the directory when it has none."""
+  path = os.path.join(wd, "checkpoints", phase)
+  found = _latest_variables(path, fresh)
+  if found is None:
+    there = sorted(p for p in os.listdir(os.path.join(wd, "checkpoints"))
+                   if os.path.isdir(os.path.join(wd, "checkpoints", p)))
+    raise FileNotFoundError(
+        f"mode {mode!r} evaluates the {phase!r} network, but {path} holds no "
+        f"checkpoint (this work directory has: {', '.join(there) or 'none'}); "
+        "run train.py with this config and --workdir first, or set "
+        "--config.mode to the mode the directory was trained in")
+  variables, step = found
+  network = f"{phase} (epoch {step})"
+  print(f"  loaded {network} from {path}", flush=True)
+  return variables, network
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`eval.py`: the network(s) the config's mode produced, from the latest
+  checkpoints of the work directory.
+
+  mode "digital": the digital network; mode "retrain": the re-trained one
+  (both as fp32, ideal, non-ideal and over `eval.num_chips` chips). mode
+  "txsim": the digital network in fp32 and the networks trained on the
+  Cross-Ideal and Cross-NI chips, each on its own chip, as
+  `"digital"`, `"cross_ideal"` and `"cross_ni"` (as in summary.json).
+  `"network"` / `"networks"` say which checkpoint each came from. Writes
+  `eval.json` and prints a Markdown table.
   """
   start = time.time()
   wd = os.path.abspath(workdir)
@@ -729,16 +767,28 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise FileNotFoundError(
         f"{wd}/checkpoints does not exist: run train.py with this "
         "--workdir first")
+  if config.mode not in _EVAL_PHASES:
+    raise ValueError(f"`mode` must be one of {sorted(_EVAL_PHASES)}, got "
+                     f"{config.mode!r}")
   run = setup(config)
   fresh = init_variables(run.model, run.data.x_train, config.seed)
-  for phase in ("retrain", "digital"):
-    found = _latest_variables(os.path.join(wd, "checkpoints", phase), fresh)
-    if found is not None:
-      variables, step = found
-      network = f"{phase} (epoch {step})"
-      break
-  else:
-    raise FileNotFoundError(f"no checkpoint under {wd}/checkpoints")
+  loaded = {phase: _load_phase(wd, phase, fresh, config.mode)
+            for phase in _EVAL_PHASES[config.mode]}
+  if config.mode == "txsim":
+    variables, _ = loaded["digital"]
+    result = {"networks": {p: n for p, (_, n) in loaded.items()},
+              "digital": accuracy(run.model, variables, run.data, None)}
+    for name, (spec, _) in txsim_specs(config).items():
+      result[name] = _txsim_accuracy(config, run, loaded[name][0], spec)
+      print(f"  {name}: {result[name]:.4f}", flush=True)
+    result["seconds"] = time.time() - start
+    path = _write_json(os.path.join(wd, "eval.json"), result)
+    print("| trained on | test accuracy |\n|---|---|\n" + "\n".join(
+        f"| {k} | {result[k]:.4f} |" for k in ("digital", "cross_ideal",
+                                                "cross_ni")))
+    print(f"  wrote {path} ({result['seconds']:.0f} s)")
+    return result
+  (variables, network), = loaded.values()
   key = jax.random.key(config.seed)
   size = config.chip.tile_size
   name = _cross(size)
