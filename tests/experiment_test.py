@@ -256,7 +256,7 @@ def test_eval_of_a_txsim_workdir_evaluates_the_networks_trained_on_chips(
   on their chips beside the digital one, the numbers training reported
   for them (summary.json), and which checkpoint each came from."""
   config = _txsim_config(dataset="digits")
-  config.txsim.interval = 50
+  config.txsim.g_eff = "none"  # Ideal wires: no G_eff solves (speed).
   summary = experiment.train_and_evaluate(config, str(tmp_path))
   result = experiment.evaluate(config, str(tmp_path))
   assert result["networks"] == {p: f"{p} (epoch 1)" for p in
