@@ -3,20 +3,26 @@
 This module is the edge where configs become specs (STYLE: configs stay at
 the edge). It owns:
 
-* `chip_spec`: a config's `chip` block -> `crossbar.Spec`.
+* `chip_spec`: a config's `chip` block -> `crossbar.Spec` (defined in
+  `rxjax.validate`, which also checks a whole config and builds every spec
+  of a run before any work).
 * `train_and_evaluate` (what `train.py` runs): digital training, evaluation
   on Cross-ideal and non-ideal chips of several tile sizes, RxNN re-training
   on one chip (crossbar forward, floating-point backward, digital update),
   evaluation again, a Monte-Carlo study over chip instances, the summary.
-* `evaluate` (what `eval.py` runs): a checkpoint as fp32, ideal, non-ideal
-  without variation and over N chip instances with variation.
+* `evaluate` (what `eval.py` runs): the network(s) the config's mode
+  produced, from their checkpoints: as fp32, ideal, non-ideal without
+  variation and over N chip instances with variation (modes "digital",
+  "retrain"), or each TxSim network on its own chip (mode "txsim").
 * Checkpoints (orbax, one directory per phase, saved every epoch, resumed
   from the latest), `metrics.jsonl`, progress lines with rate and ETA.
 
 Everything a run computes is kept in its work directory: the config it ran
-with (`config.json`; a different config in the same directory is refused),
-checkpoints, finished evaluations (`results.json`, so a resumed run does not
-repeat them), metrics and the summary.
+with (`config.json`, written once the config is valid; a different config
+resumes or is refused by the rule in `rxjax.resume`), checkpoints with their
+checksums (`rxjax.checkpoints`), finished evaluations (`results.json`, so a
+resumed run does not repeat them), metrics (`rxjax.metrics`: one line per
+(phase, step)) and the summary, which names the checkpoints it came from.
 """
 
 from __future__ import annotations
@@ -38,63 +44,28 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from rxjax import checkpoints as ckpt
 from rxjax import circuit
 from rxjax import crossbar
 from rxjax import data as data_lib
 from rxjax import device as device_lib
+from rxjax import finite
 from rxjax import mapping as mapping_lib
+from rxjax import metrics as metrics_lib
 from rxjax import models
 from rxjax import nn as rnn
 from rxjax import optim
 from rxjax import periphery
 from rxjax import plots
+from rxjax import resume
+from rxjax import validate
 
 # ---------------------------------------------------------------------------
 # Config -> spec.
 
 
-def _bits(value, name):
-  """Config bit counts: 0 means full precision (None in the specs)."""
-  if value is None or value == 0:
-    return None
-  if not isinstance(value, int) or value < 0:
-    raise ValueError(f"`{name}` must be an int >= 0 (0 = full precision), "
-                     f"got {value!r}")
-  return value
-
-
-def chip_spec(chip: ml_collections.ConfigDict, *, tile_size: int | None = None,
-              variation: bool = True) -> crossbar.Spec:
-  """The `crossbar.Spec` of a config's `chip` block.
-
-  Args:
-    chip: the block (fields documented in `configs/lenet_mnist.py`).
-    tile_size: overrides `chip.tile_size` (square tiles).
-    variation: False sets the process variation to 0 (the "non-ideal
-      without variation" evaluations and re-training).
-  """
-  size = chip.tile_size if tile_size is None else tile_size
-  device = device_lib.DeviceSpec(
-      r_min=chip.r_min_ohm, r_max=chip.r_max_ohm,
-      device_bits=_bits(chip.device_bits, "chip.device_bits"),
-      sigma=chip.sigma if variation else 0.0)
-  return crossbar.Spec(
-      mapping=mapping_lib.MappingSpec(
-          tile_rows=size, tile_cols=size,
-          weight_bits=_bits(chip.weight_bits, "chip.weight_bits"),
-          signed=chip.signed),
-      device=device,
-      wires=circuit.Wires(r_row=chip.r_row_ohm, r_col=chip.r_col_ohm,
-                          r_source=chip.r_source_ohm,
-                          r_sense=chip.r_sense_ohm),
-      dac=periphery.DACSpec(
-          input_bits=_bits(chip.input_bits, "chip.input_bits"),
-          dac_bits=_bits(chip.dac_bits, "chip.dac_bits"),
-          model=chip.dac_model),
-      adc=periphery.ADCSpec(bits=_bits(chip.adc_bits, "chip.adc_bits")),
-      inputs=chip.inputs,
-      # Work directories written before this field existed read "digital".
-      pair_subtraction=chip.get("pair_subtraction", "digital"))
+# Every chip field, its spec field, unit and range: `rxjax.validate`.
+chip_spec = validate.chip_spec
 
 
 # ---------------------------------------------------------------------------
@@ -109,6 +80,11 @@ class Workdir:
     os.makedirs(self.path, exist_ok=True)
     self._check_config(config)
     self._tb = _tensorboard(self.path)
+    self._metrics = metrics_lib.MetricsFile(
+        os.path.join(self.path, "metrics.jsonl"))
+    # {phase: {"step", "sha256"}}: the checkpoints this run saved or
+    # restored, recorded in summary.json.
+    self.checkpoints = {}
 
   def _check_config(self, config):
     path = os.path.join(self.path, "config.json")
@@ -121,12 +97,18 @@ class Workdir:
         raise ValueError(f"{path} is unreadable ({e}); remove it or use "
                          "another --workdir") from e
       _fill_added_fields(theirs)
-      diff = sorted(_diff(theirs, mine))
+      diff = sorted(_diff(resume.normalize(theirs),
+                          resume.normalize(json.loads(json.dumps(mine)))))
       if diff:
-        raise ValueError(
-            f"--workdir {self.path} holds a run with a different config "
-            f"(fields {', '.join(diff)}); use another --workdir or the same "
-            "config to resume")
+        # The resume rule (docs/configs.md): refused if a finished phase
+        # would change; else the finished phases resume.
+        resume.judge(self.path, diff)
+        moved = resume.supersede_results(self.path, diff)
+        print(f"  workdir: config changed ({', '.join(diff)}); finished "
+              f"phases {resume.finished_phases(self.path) or 'none'} resume"
+              + (f", old evaluations moved to {moved}" if moved else ""),
+              flush=True)
+        self.write_json("config.json", mine)
     else:
       self.write_json("config.json", mine)
 
@@ -137,15 +119,19 @@ class Workdir:
     path = os.path.join(self.path, name)
     if not os.path.exists(path):
       return default
-    with open(path) as f:
-      return json.load(f)
+    try:
+      with open(path) as f:
+        return json.load(f)
+    except (OSError, ValueError) as e:
+      raise ValueError(
+          f"{path} is unreadable ({type(e).__name__}: {e}); delete it to "
+          "recompute what it held (the checkpoints are kept)") from e
 
   def log(self, step: int, phase: str, **values):
     """Appends one metrics line (and TensorBoard scalars when available)."""
     record = {"step": int(step), "phase": phase, "time": time.time()}
     record.update({k: _plain(v) for k, v in values.items()})
-    with open(os.path.join(self.path, "metrics.jsonl"), "a") as f:
-      f.write(json.dumps(record) + "\n")
+    self._metrics.append(record)  # Marks an older line of (phase, step).
     if self._tb is not None:
       for k, v in values.items():
         if isinstance(v, (int, float)):
@@ -180,7 +166,14 @@ def _tensorboard(path):
 # Config fields added after work directories were first written, with the
 # value that reproduces what older rxjax did: a run started before a field
 # existed resumes when the field is left at that value.
-_ADDED_FIELDS = {"chip.pair_subtraction": "digital"}
+_ADDED_FIELDS = {"chip.pair_subtraction": "digital",
+                 **{f"chip.{k}": v for k, v in validate.chip_defaults().items()
+                    if k not in ("tile_size", "r_min_ohm", "r_max_ohm",
+                                 "device_bits", "weight_bits", "signed",
+                                 "sigma", "r_row_ohm", "r_col_ohm",
+                                 "r_source_ohm", "r_sense_ohm", "input_bits",
+                                 "dac_bits", "dac_model", "adc_bits",
+                                 "pair_subtraction", "inputs")}}
 
 
 def _fill_added_fields(stored: dict) -> None:
@@ -259,6 +252,9 @@ class Setup:
 def setup(config: ml_collections.ConfigDict) -> Setup:
   data = data_lib.load(config.dataset, data_dir=config.data_dir,
                        seed=config.seed, image_size=config.image_size)
+  for name in ("x_train", "x_test"):
+    finite.check(f"{config.dataset}.{name}", getattr(data, name),
+                 f"images of dataset {config.dataset!r}")
   if data.name == "synthetic":
     print("  data: SYNTHETIC random images (smoke test only; accuracies "
           "mean nothing)", flush=True)
@@ -297,19 +293,15 @@ def _cross_entropy(logits, labels):
                                                          labels).mean()
 
 
-def _restore_or(manager, fresh, what: str):
-  """(state, epoch) from the latest checkpoint, or (fresh, 0)."""
+def _restore_or(manager, fresh, what: str, workdir: Workdir | None = None):
+  """(state, epoch) from the latest checkpoint, or (fresh, 0); verified
+  against its checksum (`rxjax.checkpoints`)."""
   step = manager.latest_step()
   if step is None:
     return fresh, 0
-  try:
-    state = manager.restore(step, args=ocp.args.StandardRestore(fresh))
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(
-        f"cannot restore the {what} checkpoint at epoch {step} in "
-        f"{manager.directory}: it is corrupt or does not match this config "
-        f"({type(e).__name__}: {str(e)[:300]}). Use another --workdir, or "
-        "delete that checkpoint directory to start the phase over") from e
+  state, digest = ckpt.restore(manager, step, fresh, what=what)
+  if workdir is not None:
+    workdir.checkpoints[what] = {"step": int(step), "sha256": digest}
   return state, int(step)
 
 
@@ -409,9 +401,13 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   fresh = {"variables": variables, "opt_state": opt.init(
       variables["params"])}
   manager = _checkpoints(workdir, phase)
-  state, start = _restore_or(manager, fresh, phase)
+  state, start = _restore_or(manager, fresh, phase, workdir)
   if start:
     print(f"  {phase}: resumed after epoch {start}", flush=True)
+    # Lines of the epoch the killed run did not finish: redone now.
+    workdir._metrics.supersede(  # pylint: disable=protected-access
+        lambda r: r.get("phase") in (phase, f"{phase}/steps")
+        and r.get("step", 0) > start * steps_per_epoch)
   has_stats = "batch_stats" in variables
   step = train_step(model, opt, spec, has_stats=has_stats)
   exact_step = None
@@ -450,12 +446,17 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
                     batch_size=config.eval.batch_size)
     metrics = dict(epoch=epoch + 1, loss=float(np.mean(losses)),
                    train_accuracy=float(np.mean(accs)), test_accuracy=test)
+    if not math.isfinite(metrics["loss"]):
+      raise FloatingPointError(
+          f"{phase}: the training loss is {metrics['loss']} in epoch "
+          f"{epoch + 1}: training diverged (not checkpointed); lower the "
+          "learning rate (`learning_rate` / `retrain.learning_rate`)")
     workdir.log((epoch + 1) * steps_per_epoch, phase, **metrics)
     print(f"  {phase}: epoch {epoch + 1}/{epochs} loss "
           f"{metrics['loss']:.4f} train {metrics['train_accuracy']:.4f} "
           f"test {test:.4f}", flush=True)
-    manager.save(epoch + 1, args=ocp.args.StandardSave(state))
-    manager.wait_until_finished()
+    digest = ckpt.save(manager, epoch + 1, state)  # With its checksum.
+    workdir.checkpoints[phase] = {"step": epoch + 1, "sha256": digest}
   manager.close()
   return state["variables"]
 
@@ -566,8 +567,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   table.
   """
   start = time.time()
-  wd = Workdir(workdir, config)
+  # Every field and every spec the run needs, before data or work directory
+  # (config.json is written only once the config is valid).
+  plan = validate.check(config)
+  if config.mode == "retrain":
+    _digital_source(config, workdir)  # Exists before any work.
   run = setup(config)
+  wd = Workdir(workdir, config)
   print(f"  data: {run.data.name}, {len(run.data.y_train)} train / "
         f"{len(run.data.y_test)} test images; model: {config.model}",
         flush=True)
@@ -578,27 +584,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     variables = train(config, run, wd, phase="digital",
                       epochs=config.num_epochs,
                       learning_rate=config.learning_rate)
-  elif config.mode == "retrain":
+  else:  # "retrain" (validate.check knows the modes).
     variables = _load_digital(config, run, wd)
-  else:
-    raise ValueError(f"`mode` must be 'digital', 'retrain' or 'txsim', got "
-                     f"{config.mode!r}")
   summary = {"fp32": wd.result("fp32", lambda: accuracy(
       run.model, variables, run.data, None))}
   summary["ideal"], summary["nonideal"] = {}, {}
   for size in config.eval.tile_sizes:
     name = _cross(size)
-    for mode, variation in (("ideal", False), ("nonideal", False)):
-      spec = rnn.mode_spec(mode, chip_spec(config.chip, tile_size=size,
-                                           variation=variation))
+    for mode in ("ideal", "nonideal"):
+      spec = plan.eval_specs[(mode, size)]
       summary[mode][name] = wd.result(f"{mode}/{name}", lambda: (
           evaluate_on_chip(run, variables, spec,
                            key=jax.random.fold_in(key, size))))
       print(f"  {mode} {name}: {summary[mode][name]:.4f}", flush=True)
-      wd.log(0, f"eval/{mode}", **{name: summary[mode][name]})
+      wd.log(0, f"eval/{mode}/{name}", accuracy=summary[mode][name])
   final = variables
-  size = config.retrain.tile_size
-  spec = chip_spec(config.chip, tile_size=size, variation=False)
+  size = plan.retrain_size  # retrain.tile_size, or chip.tile_size.
+  spec = plan.retrain_spec
   if config.retrain.num_epochs > 0:
     final = train(config, run, wd, phase="retrain",
                   epochs=config.retrain.num_epochs,
@@ -610,7 +612,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     print(f"  retrained {_cross(size)}: "
           f"{summary['retrained'][_cross(size)]:.4f}", flush=True)
   if config.eval.num_chips > 0:
-    chips_spec = chip_spec(config.chip, tile_size=size)
+    chips_spec = plan.chips_spec
     summary["chips"] = wd.result("chips", lambda: evaluate_chips(
         run, final, chips_spec, key=jax.random.fold_in(key, 10_000),
         n=config.eval.num_chips, batch_size=config.eval.batch_size))
@@ -618,6 +620,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     summary["chips"]["network"] = ("retrained" if
                                    config.retrain.num_epochs > 0 else
                                    "digital")
+  summary["checkpoints"] = wd.checkpoints  # What the numbers came from.
   summary["seconds"] = time.time() - start
   wd.write_json("summary.json", summary)
   print(table(summary))
@@ -627,20 +630,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def txsim_specs(config) -> dict:
-  """Cross-Ideal and Cross-NI (spec, update) pairs of a txsim config."""
-  t = config.txsim
-  spec = chip_spec(config.chip).replace(backward="transposed_read")
-  if t.g_eff == "none":
-    spec = spec.replace(wires=circuit.Wires.ideal())
-  elif t.g_eff == "aam":
-    spec = spec.replace(solver="aam", aam_paths=t.aam_paths)
-  elif t.g_eff not in ("exact", "interpolated"):
-    raise ValueError(f"`txsim.g_eff` must be 'exact', 'interpolated', 'aam' "
-                     f"or 'none', got {t.g_eff!r}")
-  return {
-      "cross_ideal": (spec.cross_ideal(), device_lib.UpdateSpec.ideal()),
-      "cross_ni": (spec, device_lib.UpdateSpec(nu=t.nu, gamma=t.gamma)),
-  }
+  """Cross-Ideal and Cross-NI (spec, update) pairs of a txsim config
+  (`validate.txsim_plan`: errors name the config field)."""
+  return validate.txsim_plan(config)
 
 
 def _txsim_accuracy(config, run: Setup, variables, spec) -> float:
@@ -667,6 +659,7 @@ def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
     summary[name] = wd.result(name, lambda: _txsim_accuracy(
         config, run, variables, spec))
     print(f"  {name}: {summary[name]:.4f}", flush=True)
+  summary["checkpoints"] = wd.checkpoints
   summary["seconds"] = time.time() - start
   wd.write_json("summary.json", summary)
   curves = plots.training_curves(
@@ -696,31 +689,52 @@ def _latest_variables(path: str, fresh) -> tuple[dict, int] | None:
   try:
     if step is None:
       return None
-    try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore())
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"cannot read checkpoint {path}/{step}: corrupt "
-                       f"({type(e).__name__}: {str(e)[:300]})") from e
+    restored, digest = ckpt.restore(manager, step)  # Checksum verified.
   finally:
     manager.close()
   variables = jax.tree.map(jnp.asarray, dict(restored["variables"]))
   if (jax.tree.structure(variables) != jax.tree.structure(fresh)
       or jax.tree.map(jnp.shape, variables) != jax.tree.map(jnp.shape,
                                                             fresh)):
-    raise ValueError(f"checkpoint {path}/{step} does not match the model of "
-                     "this config")
+    raise ckpt.CheckpointError(f"checkpoint {path}/{step} does not match "
+                               "the model of this config")
+  finite.check("variables", variables, f"weights of checkpoint {path}/{step}",
+               "the training that wrote it diverged: train again with a "
+               "lower learning rate, or delete that step directory to use "
+               "the previous checkpoint")
+  _LOADED[os.path.abspath(path)] = {"step": int(step), "sha256": digest}
   return variables, step
 
 
-def _load_digital(config, run: Setup, wd: Workdir):
-  source = config.init_workdir or wd.path
+# {checkpoint directory: {"step", "sha256"}} of what `_latest_variables`
+# loaded: eval.json and summary.json name the checkpoint they came from.
+_LOADED = {}
+
+
+def _digital_source(config, workdir: str) -> str:
+  """The digital checkpoint directory that mode "retrain" starts from.
+
+  Raises:
+    FileNotFoundError: it has no checkpoint (checked before any work).
+  """
+  source = config.init_workdir or workdir
   path = os.path.join(os.path.abspath(source), "checkpoints", "digital")
+  if "digital" not in resume.finished_phases(os.path.abspath(source)):
+    raise FileNotFoundError(
+        f"mode 'retrain' needs a digital checkpoint: {path} has none (set "
+        "--config.init_workdir to the work directory of a digital run)")
+  return path
+
+
+def _load_digital(config, run: Setup, wd: Workdir):
+  path = _digital_source(config, wd.path)
   fresh = init_variables(run.model, run.data.x_train, config.seed)
   found = _latest_variables(path, fresh)
   if found is None:
     raise FileNotFoundError(
         f"mode 'retrain' needs a digital checkpoint: {path} has none (set "
         "--config.init_workdir to the work directory of a digital run)")
+  wd.checkpoints["digital"] = {"path": path, **_LOADED[path]}
   return found[0]
 
 
@@ -731,8 +745,9 @@ _EVAL_PHASES = {"digital": ("digital",), "retrain": ("retrain",),
 
 
 def _load_phase(wd: str, phase: str, fresh, mode: str):
-  """(variables, "phase (epoch n)") of a phase's latest checkpoint; a clear
-  error naming the directory when it has none."""
+  """(variables, "phase (epoch n)", {"phase", "step", "sha256"}) of a
+  phase's latest checkpoint; a clear error naming the directory when it has
+  none."""
   path = os.path.join(wd, "checkpoints", phase)
   found = _latest_variables(path, fresh)
   if found is None:
@@ -746,7 +761,7 @@ def _load_phase(wd: str, phase: str, fresh, mode: str):
   variables, step = found
   network = f"{phase} (epoch {step})"
   print(f"  loaded {network} from {path}", flush=True)
-  return variables, network
+  return variables, network, {"phase": phase, **_LOADED[os.path.abspath(path)]}
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -758,25 +773,25 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   "txsim": the digital network in fp32 and the networks trained on the
   Cross-Ideal and Cross-NI chips, each on its own chip, as
   `"digital"`, `"cross_ideal"` and `"cross_ni"` (as in summary.json).
-  `"network"` / `"networks"` say which checkpoint each came from. Writes
-  `eval.json` and prints a Markdown table.
+  `"network"` / `"networks"` and `"checkpoint"` / `"checkpoints"` (step and
+  checksum) say which checkpoint each came from. Writes `eval.json` and
+  prints a Markdown table.
   """
   start = time.time()
+  plan = validate.check(config, entry="evaluate")
   wd = os.path.abspath(workdir)
   if not os.path.isdir(os.path.join(wd, "checkpoints")):
     raise FileNotFoundError(
         f"{wd}/checkpoints does not exist: run train.py with this "
         "--workdir first")
-  if config.mode not in _EVAL_PHASES:
-    raise ValueError(f"`mode` must be one of {sorted(_EVAL_PHASES)}, got "
-                     f"{config.mode!r}")
   run = setup(config)
   fresh = init_variables(run.model, run.data.x_train, config.seed)
   loaded = {phase: _load_phase(wd, phase, fresh, config.mode)
             for phase in _EVAL_PHASES[config.mode]}
   if config.mode == "txsim":
-    variables, _ = loaded["digital"]
-    result = {"networks": {p: n for p, (_, n) in loaded.items()},
+    variables = loaded["digital"][0]
+    result = {"networks": {p: n for p, (_, n, _) in loaded.items()},
+              "checkpoints": {p: c for p, (_, _, c) in loaded.items()},
               "digital": accuracy(run.model, variables, run.data, None)}
     for name, (spec, _) in txsim_specs(config).items():
       result[name] = _txsim_accuracy(config, run, loaded[name][0], spec)
@@ -788,20 +803,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                 "cross_ni")))
     print(f"  wrote {path} ({result['seconds']:.0f} s)")
     return result
-  (variables, network), = loaded.values()
+  (variables, network, checkpoint), = loaded.values()
   key = jax.random.key(config.seed)
   size = config.chip.tile_size
   name = _cross(size)
-  result = {"network": network, "fp32": accuracy(run.model, variables,
-                                                 run.data, None)}
+  result = {"network": network, "checkpoint": checkpoint,
+            "fp32": accuracy(run.model, variables, run.data, None)}
   for mode in ("ideal", "nonideal"):
-    spec = rnn.mode_spec(mode, chip_spec(config.chip, variation=False))
+    spec = plan.eval_specs[(mode, size)]
     result[mode] = {name: evaluate_on_chip(run, variables, spec,
                                            key=jax.random.fold_in(key, size))}
     print(f"  {mode} {name}: {result[mode][name]:.4f}", flush=True)
   if config.eval.num_chips > 0:
     result["chips"] = evaluate_chips(
-        run, variables, chip_spec(config.chip),
+        run, variables, plan.chips_spec,
         key=jax.random.fold_in(key, 10_000), n=config.eval.num_chips,
         batch_size=config.eval.batch_size)
     result["chips"]["tile_size"] = size

@@ -129,16 +129,30 @@ def test_a_different_config_in_the_same_workdir_is_refused(finished):
 
 def test_a_workdir_from_before_a_field_existed_resumes_at_its_old_value(
     tmp_path):
-  # config.json written before `chip.pair_subtraction` existed.
+  # config.json written before `chip.pair_subtraction` (and the chip fields
+  # of every other Spec field) existed, with a finished re-training that
+  # reads them.
+  from rxjax import validate
   stored = json.loads(_config().to_json_best_effort())
-  del stored["chip"]["pair_subtraction"]
+  old = ("tile_size", "r_min_ohm", "r_max_ohm", "device_bits", "weight_bits",
+         "signed", "sigma", "r_row_ohm", "r_col_ohm", "r_source_ohm",
+         "r_sense_ohm", "input_bits", "dac_bits", "dac_model", "adc_bits",
+         "inputs")
+  stored["chip"] = {k: v for k, v in stored["chip"].items() if k in old}
+  stored["retrain"]["tile_size"] = 16  # Spelled out before it was derived.
   with open(tmp_path / "config.json", "w") as f:
     json.dump(stored, f)
+  os.makedirs(tmp_path / "checkpoints" / "retrain" / "1")
   experiment.Workdir(str(tmp_path), _config())  # "digital": what it ran.
-  changed = _config()
-  changed.chip.pair_subtraction = "analog"
-  with pytest.raises(ValueError, match="chip.pair_subtraction"):
-    experiment.Workdir(str(tmp_path), changed)
+  assert not (tmp_path / "superseded").exists()  # Nothing changed.
+  for field, value in (("pair_subtraction", "analog"),
+                       ("adc_calibration", "percentile")):
+    changed = _config()
+    changed.chip[field] = value
+    with pytest.raises(ValueError, match=f"chip.{field}"):
+      experiment.Workdir(str(tmp_path), changed)
+  assert validate.chip_spec(_config().chip) == experiment.chip_spec(
+      validate.chip_defaults() | {"tile_size": 16, "inputs": "non_negative"})
 
 
 def test_eval_restores_the_checkpoint_and_writes_eval_json(finished):
@@ -215,8 +229,11 @@ def test_a_mistyped_override_fails_loudly(tmp_path):
       [sys.executable, "train.py", "--config=configs/lenet_mnist.py",
        f"--workdir={tmp_path}", "--config.num_epoch=1"],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert out.returncode != 0
-  assert "num_epoch" in out.stderr
+  assert out.returncode == 2
+  # One line, no traceback, with ml_collections' suggestion.
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+  assert "--config.num_epoch=1" in lines[0] and '"num_epochs"' in lines[0]
   assert not os.path.exists(tmp_path / "config.json")
 
 
