@@ -480,8 +480,9 @@ def accuracy(model, variables, data, spec, *, chips=None, key=None,
 
 
 # A few compiled programs per process, not one per chip setting forever:
-# a sweep over 21 chips exhausted the process's memory mappings (LLVM
-# "Unable to allocate section memory") while every program was kept.
+# every kept program holds its own executable mappings, and a long sweep
+# over chip settings would exhaust them (LLVM "Unable to allocate section
+# memory").
 _COMPILED = 8
 
 
