@@ -1,11 +1,11 @@
 """The command line shared by `train.py` and `eval.py` (absl + config flags).
 
 Owns the `--config` / `--workdir` / `--debug` flags and the `main` that
-parses them and calls one function of `rxjax.experiment`; the scripts only
-choose which. A bad flag or config value ends the program with one line on
-stderr that names the field (`error: ...`) and exit status 2 (1 for errors
-found later, e.g. a corrupt checkpoint); `--debug` shows the traceback
-instead.
+parses them, applies the host settings (`rxjax.host.tune_host`) and calls
+one function of `rxjax.experiment`; the scripts only choose which. A bad
+flag or config value ends the program with one line on stderr that names
+the field (`error: ...`) and exit status 2 (1 for errors found later, e.g.
+a corrupt checkpoint); `--debug` shows the traceback instead.
 """
 
 import ast
@@ -70,6 +70,14 @@ def run(entry: str) -> None:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from rxjax import host  # pylint: disable=g-import-not-at-top
+    # Before the first computation: the program owns its process.
+    try:
+      tuned = host.tune_host()
+    except ValueError as e:  # A bad RXJAX_BLAS_THREADS / RXJAX_MALLOC.
+      if _DEBUG.value:
+        raise
+      _fail(e, 2)
     import jax  # pylint: disable=g-import-not-at-top
     from rxjax import experiment  # pylint: disable=g-import-not-at-top
     from rxjax import validate  # pylint: disable=g-import-not-at-top
@@ -90,7 +98,8 @@ def run(entry: str) -> None:
       if _DEBUG.value:
         raise
       _fail(e, 2)
-    print(f"  devices: {jax.devices()}", flush=True)
+    print(f"  devices: {jax.devices()}; host: BLAS threads "
+          f"{tuned['blas_threads']}, malloc {tuned['malloc']}", flush=True)
     try:
       getattr(experiment, entry)(config, _WORKDIR.value)
     except _USER_ERRORS as e:

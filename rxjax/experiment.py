@@ -10,8 +10,10 @@ the edge). It owns:
   on Cross-ideal and non-ideal chips of several tile sizes, RxNN re-training
   on one chip (crossbar forward, floating-point backward, digital update),
   evaluation again, a Monte-Carlo study over chip instances, the summary.
-* `evaluate` (what `eval.py` runs): a checkpoint as fp32, ideal, non-ideal
-  without variation and over N chip instances with variation.
+* `evaluate` (what `eval.py` runs): the network(s) the config's mode
+  produced, from their checkpoints: as fp32, ideal, non-ideal without
+  variation and over N chip instances with variation (modes "digital",
+  "retrain"), or each TxSim network on its own chip (mode "txsim").
 * Checkpoints (orbax, one directory per phase, saved every epoch, resumed
   from the latest), `metrics.jsonl`, progress lines with rate and ETA.
 
@@ -479,8 +481,9 @@ def accuracy(model, variables, data, spec, *, chips=None, key=None,
 
 
 # A few compiled programs per process, not one per chip setting forever:
-# a sweep over 21 chips exhausted the process's memory mappings (LLVM
-# "Unable to allocate section memory") while every program was kept.
+# every kept program holds its own executable mappings, and a long sweep
+# over chip settings would exhaust them (LLVM "Unable to allocate section
+# memory").
 _COMPILED = 8
 
 
@@ -682,6 +685,14 @@ def txsim_specs(config) -> dict:
   return validate.txsim_plan(config)
 
 
+def _txsim_accuracy(config, run: Setup, variables, spec) -> float:
+  """A network trained on a chip, evaluated on that chip (forward reads;
+  the backward pass does not matter here)."""
+  return evaluate_on_chip(
+      run, variables, spec.replace(backward="straight_through"),
+      key=jax.random.fold_in(jax.random.key(config.seed), 1_000_003))
+
+
 def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
   """TxSim: digital, Cross-Ideal and Cross-NI training from one init."""
   t = config.txsim
@@ -695,9 +706,8 @@ def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
     variables = train(config, run, wd, phase=name, epochs=config.num_epochs,
                       learning_rate=config.learning_rate, spec=spec,
                       update=update, program_every=every)
-    summary[name] = wd.result(name, lambda: evaluate_on_chip(
-        run, variables, spec.replace(backward="straight_through"),
-        key=jax.random.fold_in(jax.random.key(config.seed), 1_000_003)))
+    summary[name] = wd.result(name, lambda: _txsim_accuracy(
+        config, run, variables, spec))
     print(f"  {name}: {summary[name]:.4f}", flush=True)
   summary["checkpoints"] = wd.checkpoints
   summary["seconds"] = time.time() - start
@@ -778,11 +788,44 @@ def _load_digital(config, run: Setup, wd: Workdir):
   return found[0]
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """`eval.py`: the latest checkpoint as fp32, ideal, non-ideal, N chips.
+# The checkpoint phase(s) whose networks each mode produces, as eval.py
+# evaluates them.
+_EVAL_PHASES = {"digital": ("digital",), "retrain": ("retrain",),
+                "txsim": ("digital", "cross_ideal", "cross_ni")}
 
-  Uses the re-trained network when the work directory has one, else the
-  digital one. Writes `eval.json` and prints a Markdown table.
+
+def _load_phase(wd: str, phase: str, fresh, mode: str):
+  """(variables, "phase (epoch n)", {"phase", "step", "sha256"}) of a
+  phase's latest checkpoint; a clear error naming the directory when it has
+  none."""
+  path = os.path.join(wd, "checkpoints", phase)
+  found = _latest_variables(path, fresh)
+  if found is None:
+    there = sorted(p for p in os.listdir(os.path.join(wd, "checkpoints"))
+                   if os.path.isdir(os.path.join(wd, "checkpoints", p)))
+    raise FileNotFoundError(
+        f"mode {mode!r} evaluates the {phase!r} network, but {path} holds no "
+        f"checkpoint (this work directory has: {', '.join(there) or 'none'}); "
+        "run train.py with this config and --workdir first, or set "
+        "--config.mode to the mode the directory was trained in")
+  variables, step = found
+  network = f"{phase} (epoch {step})"
+  print(f"  loaded {network} from {path}", flush=True)
+  return variables, network, {"phase": phase, **_LOADED[os.path.abspath(path)]}
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`eval.py`: the network(s) the config's mode produced, from the latest
+  checkpoints of the work directory.
+
+  mode "digital": the digital network; mode "retrain": the re-trained one
+  (both as fp32, ideal, non-ideal and over `eval.num_chips` chips). mode
+  "txsim": the digital network in fp32 and the networks trained on the
+  Cross-Ideal and Cross-NI chips, each on its own chip, as
+  `"digital"`, `"cross_ideal"` and `"cross_ni"` (as in summary.json).
+  `"network"` / `"networks"` and `"checkpoint"` / `"checkpoints"` (step and
+  checksum) say which checkpoint each came from. Writes `eval.json` and
+  prints a Markdown table.
   """
   start = time.time()
   plan = validate.check(config, entry="evaluate")
@@ -793,16 +836,24 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "--workdir first")
   run = setup(config)
   fresh = init_variables(run.model, run.data.x_train, config.seed)
-  for phase in ("retrain", "digital"):
-    found = _latest_variables(os.path.join(wd, "checkpoints", phase), fresh)
-    if found is not None:
-      variables, step = found
-      network = f"{phase} (epoch {step})"
-      checkpoint = {"phase": phase, **_LOADED[os.path.abspath(
-          os.path.join(wd, "checkpoints", phase))]}
-      break
-  else:
-    raise FileNotFoundError(f"no checkpoint under {wd}/checkpoints")
+  loaded = {phase: _load_phase(wd, phase, fresh, config.mode)
+            for phase in _EVAL_PHASES[config.mode]}
+  if config.mode == "txsim":
+    variables = loaded["digital"][0]
+    result = {"networks": {p: n for p, (_, n, _) in loaded.items()},
+              "checkpoints": {p: c for p, (_, _, c) in loaded.items()},
+              "digital": accuracy(run.model, variables, run.data, None)}
+    for name, (spec, _) in txsim_specs(config).items():
+      result[name] = _txsim_accuracy(config, run, loaded[name][0], spec)
+      print(f"  {name}: {result[name]:.4f}", flush=True)
+    result["seconds"] = time.time() - start
+    path = _write_json(os.path.join(wd, "eval.json"), result)
+    print("| trained on | test accuracy |\n|---|---|\n" + "\n".join(
+        f"| {k} | {result[k]:.4f} |" for k in ("digital", "cross_ideal",
+                                                "cross_ni")))
+    print(f"  wrote {path} ({result['seconds']:.0f} s)")
+    return result
+  (variables, network, checkpoint), = loaded.values()
   key = jax.random.key(config.seed)
   size = config.chip.tile_size
   name = _cross(size)
