@@ -1,14 +1,15 @@
 """The command line shared by `train.py` and `eval.py` (absl + config flags).
 
 Owns the `--config` / `--workdir` / `--debug` / `--cpu_devices` flags, the
-host setup that must happen before JAX starts its runtime (how many devices
-a CPU host exposes; joining a multi-process job, `config.distributed`, see
-docs/distributed.md) and the `main` that parses them and calls one function
-of `rxjax.experiment`; the scripts only choose which. A bad flag or config
-value ends the program with one line on stderr that names the field
-(`error: ...`) and exit status 2 (1 for errors found later, e.g. a corrupt
-checkpoint or an unreachable coordinator); `--debug` shows the traceback
-instead. Processes other than process 0 print nothing to stdout.
+host setup that must happen before JAX starts its runtime (the host settings
+of `rxjax.host.tune_host`; how many devices a CPU host exposes; joining a
+multi-process job, `config.distributed`, see docs/distributed.md) and the
+`main` that parses them and calls one function of `rxjax.experiment`; the
+scripts only choose which. A bad flag or config value ends the program with
+one line on stderr that names the field (`error: ...`) and exit status 2 (1
+for errors found later, e.g. a corrupt checkpoint or an unreachable
+coordinator); `--debug` shows the traceback instead. Processes other than
+process 0 print nothing to stdout.
 """
 
 import ast
@@ -112,6 +113,14 @@ def run(entry: str) -> None:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from rxjax import host  # pylint: disable=g-import-not-at-top
+    # Before the first computation: the program owns its process.
+    try:
+      tuned = host.tune_host()
+    except ValueError as e:  # A bad RXJAX_BLAS_THREADS / RXJAX_MALLOC.
+      if _DEBUG.value:
+        raise
+      _fail(e, 2)
     import jax  # pylint: disable=g-import-not-at-top
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     config = _CONFIG.value
@@ -143,7 +152,8 @@ def run(entry: str) -> None:
       sys.stdout = open(os.devnull, "w")  # pylint: disable=consider-using-with
     print(f"  devices: {jax.device_count()} x {jax.devices()[0].device_kind}"
           f" ({jax.devices()[0].platform}), {jax.process_count()} "
-          f"process(es)", flush=True)
+          f"process(es); host: BLAS threads {tuned['blas_threads']}, malloc "
+          f"{tuned['malloc']}", flush=True)
     try:
       getattr(experiment, entry)(config, _WORKDIR.value)
     except _USER_ERRORS as e:

@@ -10,8 +10,10 @@ the edge). It owns:
   on Cross-ideal and non-ideal chips of several tile sizes, RxNN re-training
   on one chip (crossbar forward, floating-point backward, digital update),
   evaluation again, a Monte-Carlo study over chip instances, the summary.
-* `evaluate` (what `eval.py` runs): a checkpoint as fp32, ideal, non-ideal
-  without variation and over N chip instances with variation.
+* `evaluate` (what `eval.py` runs): the network(s) the config's mode
+  produced, from their checkpoints: as fp32, ideal, non-ideal without
+  variation and over N chip instances with variation (modes "digital",
+  "retrain"), or each TxSim network on its own chip (mode "txsim").
 * Checkpoints (orbax, one directory per phase, saved every epoch, resumed
   from the latest), `metrics.jsonl`, progress lines with rate and ETA.
 
@@ -48,6 +50,7 @@ from rxjax import crossbar
 from rxjax import data as data_lib
 from rxjax import distributed
 from rxjax import device as device_lib
+from rxjax import energy as energy_lib
 from rxjax import finite
 from rxjax import mapping as mapping_lib
 from rxjax import metrics as metrics_lib
@@ -536,8 +539,9 @@ def accuracy(model, variables, data, spec, *, chips=None, key=None,
 
 
 # A few compiled programs per process, not one per chip setting forever:
-# a sweep over 21 chips exhausted the process's memory mappings (LLVM
-# "Unable to allocate section memory") while every program was kept.
+# every kept program holds its own executable mappings, and a long sweep
+# over chip settings would exhaust them (LLVM "Unable to allocate section
+# memory").
 _COMPILED = 8
 
 
@@ -558,10 +562,14 @@ def _correct_fn(model, spec, mesh):
   return jax.jit(correct, out_shardings=distributed.replicated(mesh))
 
 
-def evaluate_on_chip(run: Setup, variables, spec, *, key) -> float:
+def evaluate_on_chip(run: Setup, variables, spec, *, key,
+                     energy: dict | None = None) -> float:
   """Programs one chip instance (calibrated on the run's calibration set)
-  and returns its test accuracy."""
+  and returns its test accuracy; fills `energy` (if given) with
+  `chip_energy` of the same programmed chip."""
   chips = program_fn(run.model, spec)(variables, run.calib, key=key)
+  if energy is not None:
+    energy.update(chip_energy(run, variables, spec, chips=chips))
   return accuracy(run.model, variables, run.data, spec, chips=chips,
                   mesh=run.mesh)
 
@@ -595,6 +603,37 @@ def _chips_fns(model, spec, mesh, per: int):
       out_specs=P(axis), check_vma=False),
                   out_shardings=distributed.replicated(mesh))
   return program, count
+
+
+# Calibration images whose layer inputs drive the array term of the energy.
+_ENERGY_IMAGES = 16
+
+
+def chip_energy(run: Setup, variables, spec, *, chips=None, key=None) -> dict:
+  """Energy, latency and area per image of the network on the chip
+  (`rxjax.energy.estimate`, ISAAC's components), as `summary.json` keeps
+  it. The array term uses the programmed `chips` (or programs one with
+  `key`) and the floating-point layer inputs of a few calibration images
+  (one compile serves every chip of the run).
+  """
+  if chips is None:
+    chips = program_fn(run.model, spec)(variables, run.calib, key=key)
+  jax.block_until_ready(chips)  # The programming is the evaluation's.
+  start = time.perf_counter()
+  report = energy_lib.estimate(run.model, variables,
+                               run.calib[:_ENERGY_IMAGES], spec, key=None,
+                               chips=chips, inputs="digital")
+  return {**report.summary(), "seconds": time.perf_counter() - start}
+
+
+def _print_energy(mode: str, name: str, e: dict) -> None:
+  parts = ", ".join(f"{k} {v * 1e6:.4g}" for k, v in
+                    e["breakdown_j_per_image"].items()
+                    if k not in ("buffer_read", "buffer_write"))
+  print(f"  energy {mode} {name}: {e['j_per_image'] * 1e6:.4g} uJ/image "
+        f"({parts} uJ), {e['s_per_image'] * 1e6:.4g} us/image, "
+        f"{e['area_mm2']:.4g} mm^2 (estimated in {e['seconds']:.2f} s)",
+        flush=True)
 
 
 def evaluate_chips(run: Setup, variables, spec, *, key, n: int,
@@ -679,14 +718,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   summary = {"fp32": wd.result("fp32", lambda: accuracy(
       run.model, variables, run.data, None, mesh=run.mesh))}
   summary["ideal"], summary["nonideal"] = {}, {}
+  summary["energy"] = {"ideal": {}, "nonideal": {}}
   for size in config.eval.tile_sizes:
     name = _cross(size)
     for mode in ("ideal", "nonideal"):
       spec = plan.eval_specs[(mode, size)]
+      energy = {}
       summary[mode][name] = wd.result(f"{mode}/{name}", lambda: (
           evaluate_on_chip(run, variables, spec,
-                           key=jax.random.fold_in(key, size))))
+                           key=jax.random.fold_in(key, size), energy=energy)))
       print(f"  {mode} {name}: {summary[mode][name]:.4f}", flush=True)
+      summary["energy"][mode][name] = wd.result(
+          f"energy/{mode}/{name}", lambda: energy or chip_energy(
+              run, variables, spec, key=jax.random.fold_in(key, size)))
+      _print_energy(mode, name, summary["energy"][mode][name])
       wd.log(0, f"eval/{mode}/{name}", accuracy=summary[mode][name])
   final = variables
   size = plan.retrain_size  # retrain.tile_size, or chip.tile_size.
@@ -696,11 +741,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                   epochs=config.retrain.num_epochs,
                   learning_rate=config.retrain.learning_rate, spec=spec,
                   init=variables)
+    energy = {}
     summary["retrained"] = {_cross(size): wd.result(
         f"retrained/{_cross(size)}", lambda: evaluate_on_chip(
-            run, final, spec, key=jax.random.fold_in(key, size)))}
+            run, final, spec, key=jax.random.fold_in(key, size),
+            energy=energy))}
     print(f"  retrained {_cross(size)}: "
           f"{summary['retrained'][_cross(size)]:.4f}", flush=True)
+    summary["energy"]["retrained"] = {_cross(size): wd.result(
+        f"energy/retrained/{_cross(size)}", lambda: energy or chip_energy(
+            run, final, spec, key=jax.random.fold_in(key, size)))}
+    _print_energy("retrained", _cross(size),
+                  summary["energy"]["retrained"][_cross(size)])
   if config.eval.num_chips > 0:
     chips_spec = plan.chips_spec
     summary["chips"] = wd.result("chips", lambda: evaluate_chips(
@@ -726,6 +778,14 @@ def txsim_specs(config) -> dict:
   return validate.txsim_plan(config)
 
 
+def _txsim_accuracy(config, run: Setup, variables, spec) -> float:
+  """A network trained on a chip, evaluated on that chip (forward reads;
+  the backward pass does not matter here)."""
+  return evaluate_on_chip(
+      run, variables, spec.replace(backward="straight_through"),
+      key=jax.random.fold_in(jax.random.key(config.seed), 1_000_003))
+
+
 def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
   """TxSim: digital, Cross-Ideal and Cross-NI training from one init."""
   t = config.txsim
@@ -739,9 +799,8 @@ def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
     variables = train(config, run, wd, phase=name, epochs=config.num_epochs,
                       learning_rate=config.learning_rate, spec=spec,
                       update=update, program_every=every)
-    summary[name] = wd.result(name, lambda: evaluate_on_chip(
-        run, variables, spec.replace(backward="straight_through"),
-        key=jax.random.fold_in(jax.random.key(config.seed), 1_000_003)))
+    summary[name] = wd.result(name, lambda: _txsim_accuracy(
+        config, run, variables, spec))
     print(f"  {name}: {summary[name]:.4f}", flush=True)
   summary["checkpoints"] = wd.checkpoints
   summary["devices"] = distributed.devices_info(run.mesh)
@@ -824,11 +883,44 @@ def _load_digital(config, run: Setup, wd: Workdir):
   return distributed.replicate(found[0], run.mesh)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """`eval.py`: the latest checkpoint as fp32, ideal, non-ideal, N chips.
+# The checkpoint phase(s) whose networks each mode produces, as eval.py
+# evaluates them.
+_EVAL_PHASES = {"digital": ("digital",), "retrain": ("retrain",),
+                "txsim": ("digital", "cross_ideal", "cross_ni")}
 
-  Uses the re-trained network when the work directory has one, else the
-  digital one. Writes `eval.json` and prints a Markdown table.
+
+def _load_phase(wd: str, phase: str, fresh, mode: str):
+  """(variables, "phase (epoch n)", {"phase", "step", "sha256"}) of a
+  phase's latest checkpoint; a clear error naming the directory when it has
+  none."""
+  path = os.path.join(wd, "checkpoints", phase)
+  found = _latest_variables(path, fresh)
+  if found is None:
+    there = sorted(p for p in os.listdir(os.path.join(wd, "checkpoints"))
+                   if os.path.isdir(os.path.join(wd, "checkpoints", p)))
+    raise FileNotFoundError(
+        f"mode {mode!r} evaluates the {phase!r} network, but {path} holds no "
+        f"checkpoint (this work directory has: {', '.join(there) or 'none'}); "
+        "run train.py with this config and --workdir first, or set "
+        "--config.mode to the mode the directory was trained in")
+  variables, step = found
+  network = f"{phase} (epoch {step})"
+  print(f"  loaded {network} from {path}", flush=True)
+  return variables, network, {"phase": phase, **_LOADED[os.path.abspath(path)]}
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`eval.py`: the network(s) the config's mode produced, from the latest
+  checkpoints of the work directory.
+
+  mode "digital": the digital network; mode "retrain": the re-trained one
+  (both as fp32, ideal, non-ideal and over `eval.num_chips` chips). mode
+  "txsim": the digital network in fp32 and the networks trained on the
+  Cross-Ideal and Cross-NI chips, each on its own chip, as
+  `"digital"`, `"cross_ideal"` and `"cross_ni"` (as in summary.json).
+  `"network"` / `"networks"` and `"checkpoint"` / `"checkpoints"` (step and
+  checksum) say which checkpoint each came from. Writes `eval.json` and
+  prints a Markdown table.
   """
   start = time.time()
   plan = validate.check(config, entry="evaluate")
@@ -839,28 +931,45 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "--workdir first")
   run = setup(config)
   fresh = init_variables(run.model, run.data.x_train, config.seed)
-  for phase in ("retrain", "digital"):
-    found = _latest_variables(os.path.join(wd, "checkpoints", phase), fresh)
-    if found is not None:
-      variables, step = found
-      variables = distributed.replicate(variables, run.mesh)
-      network = f"{phase} (epoch {step})"
-      checkpoint = {"phase": phase, **_LOADED[os.path.abspath(
-          os.path.join(wd, "checkpoints", phase))]}
-      break
-  else:
-    raise FileNotFoundError(f"no checkpoint under {wd}/checkpoints")
+  loaded = {phase: _load_phase(wd, phase, fresh, config.mode)
+            for phase in _EVAL_PHASES[config.mode]}
+  if config.mode == "txsim":
+    variables = loaded["digital"][0]
+    result = {"networks": {p: n for p, (_, n, _) in loaded.items()},
+              "checkpoints": {p: c for p, (_, _, c) in loaded.items()},
+              "digital": accuracy(run.model, variables, run.data, None,
+                                  mesh=run.mesh)}
+    for name, (spec, _) in txsim_specs(config).items():
+      result[name] = _txsim_accuracy(config, run, loaded[name][0], spec)
+      print(f"  {name}: {result[name]:.4f}", flush=True)
+    result["devices"] = distributed.devices_info(run.mesh)
+    result["seconds"] = time.time() - start
+    path = os.path.join(wd, "eval.json")
+    if distributed.is_main():
+      _write_json(path, result)
+    print("| trained on | test accuracy |\n|---|---|\n" + "\n".join(
+        f"| {k} | {result[k]:.4f} |" for k in ("digital", "cross_ideal",
+                                                "cross_ni")))
+    print(f"  wrote {path} ({result['seconds']:.0f} s)")
+    return result
+  (variables, network, checkpoint), = loaded.values()
+  variables = distributed.replicate(variables, run.mesh)
   key = jax.random.key(config.seed)
   size = config.chip.tile_size
   name = _cross(size)
   result = {"network": network, "checkpoint": checkpoint,
             "fp32": accuracy(run.model, variables, run.data, None,
                              mesh=run.mesh)}
+  result["energy"] = {}
   for mode in ("ideal", "nonideal"):
     spec = plan.eval_specs[(mode, size)]
+    energy = {}
     result[mode] = {name: evaluate_on_chip(run, variables, spec,
-                                           key=jax.random.fold_in(key, size))}
+                                           key=jax.random.fold_in(key, size),
+                                           energy=energy)}
     print(f"  {mode} {name}: {result[mode][name]:.4f}", flush=True)
+    result["energy"][mode] = {name: energy}
+    _print_energy(mode, name, energy)
   if config.eval.num_chips > 0:
     result["chips"] = evaluate_chips(
         run, variables, plan.chips_spec,
