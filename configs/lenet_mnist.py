@@ -118,6 +118,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.chip = chip_config()
 
+  # Placement (docs/distributed.md); a run resumes with other values, and
+  # the same seed gives the same chips on any device count.
+  # Devices used (None: every device the job sees; a multiple of the
+  # process count). Batches, test images and chips are split over them.
+  config.num_devices = config_dict.placeholder(int)
+  config.distributed = ml_collections.ConfigDict()
+  # "host:port" of process 0's coordinator (None: one process, unless auto).
+  config.distributed.coordinator_address = config_dict.placeholder(str)
+  config.distributed.num_processes = config_dict.placeholder(int)  # Job size.
+  config.distributed.process_id = config_dict.placeholder(int)  # 0..size-1.
+  # True: JAX detects the job (SLURM, Open MPI, TPU pod slices).
+  config.distributed.auto = False
+  # Seconds a process waits for the others before it fails.
+  config.distributed.initialization_timeout = 300
+
   config.eval = ml_collections.ConfigDict()
   config.eval.tile_sizes = (16, 32, 64)  # Crossbar sizes evaluated.
   config.eval.num_chips = 32  # Chip instances with variation (0: skip).

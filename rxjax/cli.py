@@ -1,14 +1,19 @@
 """The command line shared by `train.py` and `eval.py` (absl + config flags).
 
-Owns the `--config` / `--workdir` / `--debug` flags and the `main` that
-parses them and calls one function of `rxjax.experiment`; the scripts only
-choose which. A bad flag or config value ends the program with one line on
-stderr that names the field (`error: ...`) and exit status 2 (1 for errors
-found later, e.g. a corrupt checkpoint); `--debug` shows the traceback
-instead.
+Owns the `--config` / `--workdir` / `--debug` / `--cpu_devices` flags, the
+host setup that must happen before JAX starts its runtime (the host settings
+of `rxjax.host.tune_host`; how many devices a CPU host exposes; joining a
+multi-process job, `config.distributed`, see docs/distributed.md) and the
+`main` that parses them and calls one function of `rxjax.experiment`; the
+scripts only choose which. A bad flag or config value ends the program with
+one line on stderr that names the field (`error: ...`) and exit status 2 (1
+for errors found later, e.g. a corrupt checkpoint or an unreachable
+coordinator); `--debug` shows the traceback instead. Processes other than
+process 0 print nothing to stdout.
 """
 
 import ast
+import os
 import sys
 
 from absl import app
@@ -21,7 +26,17 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory.")
 _DEBUG = flags.DEFINE_bool(
     "debug", False, "Show the full traceback of an error instead of one line.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", None,
+    "CPU devices the host exposes to JAX (0: one per core). Default: "
+    "JAX_NUM_CPU_DEVICES when set, else CPU_DEVICES_DEFAULT (rxjax/cli.py). "
+    "Only the CPU platform; GPUs and TPUs are used as they are.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# CPU devices when neither the flag nor JAX_NUM_CPU_DEVICES says: 1 keeps
+# JAX's default (one device whose XLA thread pool uses every core); why, in
+# docs/performance.md ("CPU devices for the CLI").
+CPU_DEVICES_DEFAULT = 1
 
 # Errors that a user's input causes: one line, no traceback.
 _USER_ERRORS = (ValueError, OSError, FloatingPointError)
@@ -32,6 +47,34 @@ def _fail(message: str, status: int) -> None:
         + ("" if "--debug" in sys.argv else " (--debug: traceback)"),
         file=sys.stderr, flush=True)
   sys.exit(status)
+
+
+def cpu_devices(flag: int | None, environ=os.environ) -> int | None:
+  """The `jax_num_cpu_devices` to set, or None to leave JAX's setting
+  (JAX_NUM_CPU_DEVICES, which JAX reads itself)."""
+  if flag is None:
+    if "JAX_NUM_CPU_DEVICES" in environ:
+      return None
+    flag = CPU_DEVICES_DEFAULT
+  if flag < 0:
+    raise ValueError(f"--cpu_devices must be >= 0 (0: one per core), got "
+                     f"{flag}")
+  return flag or len(os.sched_getaffinity(0))
+
+
+def setup_host(config, flag: int | None = None) -> None:
+  """CPU device count, then `jax.distributed` (before JAX's first use)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from rxjax import distributed  # pylint: disable=g-import-not-at-top
+  n = cpu_devices(flag)
+  if n is not None:
+    jax.config.update("jax_num_cpu_devices", n)
+  d = config.get("distributed")
+  if d is not None:
+    distributed.initialize(
+        coordinator_address=d.coordinator_address,
+        num_processes=d.num_processes, process_id=d.process_id,
+        auto=d.auto, initialization_timeout=d.initialization_timeout)
 
 
 def _override_error(argv, e) -> str:
@@ -70,11 +113,25 @@ def run(entry: str) -> None:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from rxjax import host  # pylint: disable=g-import-not-at-top
+    # Before the first computation: the program owns its process.
+    try:
+      tuned = host.tune_host()
+    except ValueError as e:  # A bad RXJAX_BLAS_THREADS / RXJAX_MALLOC.
+      if _DEBUG.value:
+        raise
+      _fail(e, 2)
     import jax  # pylint: disable=g-import-not-at-top
-    from rxjax import experiment  # pylint: disable=g-import-not-at-top
-    from rxjax import validate  # pylint: disable=g-import-not-at-top
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     config = _CONFIG.value
+    try:
+      setup_host(config, _CPU_DEVICES.value)  # Starts no backend.
+    except (ValueError, RuntimeError) as e:
+      if _DEBUG.value:
+        raise
+      _fail(e, 2 if isinstance(e, ValueError) else 1)
+    from rxjax import experiment  # pylint: disable=g-import-not-at-top
+    from rxjax import validate  # pylint: disable=g-import-not-at-top
     try:
       overrides = config_flags.get_override_values(flags.FLAGS["config"])
       unused = validate.unused_overrides(config, overrides, entry)
@@ -90,7 +147,13 @@ def run(entry: str) -> None:
       if _DEBUG.value:
         raise
       _fail(e, 2)
-    print(f"  devices: {jax.devices()}", flush=True)
+    if jax.process_index() != 0:
+      # Process 0 reports (DESIGN 6).
+      sys.stdout = open(os.devnull, "w")  # pylint: disable=consider-using-with
+    print(f"  devices: {jax.device_count()} x {jax.devices()[0].device_kind}"
+          f" ({jax.devices()[0].platform}), {jax.process_count()} "
+          f"process(es); host: BLAS threads {tuned['blas_threads']}, malloc "
+          f"{tuned['malloc']}", flush=True)
     try:
       getattr(experiment, entry)(config, _WORKDIR.value)
     except _USER_ERRORS as e:

@@ -84,7 +84,7 @@ class Spec:
     solver: how `G_eff` is computed when a chip is programmed: "exact"
       (`circuit.effective_conductance`, the Fast Crossbar Model) or "aam"
       (`circuit.aam_conductance`, TxSim's approximate analytical model:
-      25-35x cheaper, accurate only while the wires are small against the
+      far cheaper, accurate only while the wires are small against the
       devices; its docstring says where not to use it).
     aam_paths: path families the AAM keeps (`aam_conductance(paths=...)`),
       an int >= 1; used only with `solver="aam"`.

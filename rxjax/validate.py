@@ -389,6 +389,8 @@ def check(config, *, entry: str = "train_and_evaluate") -> Plan:
   _int(config, "chip.tile_size", 1)
   base = chip_spec(config.chip)  # Every chip field, at its own tile size.
   num_chips = config.eval.num_chips
+  if entry == "evaluate" and mode == "txsim":  # Each network on its chip.
+    return Plan({}, config.chip.tile_size, None, None, txsim_plan(config))
   if entry == "evaluate":
     size = config.chip.tile_size
     eval_specs = {(m, size): _eval_spec(config, m, size)
@@ -498,8 +500,19 @@ def unused_fields(config, entry: str = "train_and_evaluate"
               "init_workdir", "eval.tile_sizes", "retrain.num_epochs",
               "retrain.learning_rate", "retrain.tile_size"]
   if entry == "evaluate":
-    add(training + [f"txsim.{k}" for k in config.get("txsim", {})],
+    # eval.py reads `mode` (which network it evaluates), and in mode txsim
+    # the chips and device updates the networks were trained with.
+    add([f for f in training if f != "mode"],
         "by eval.py (it evaluates at chip.tile_size)")
+    if mode == "txsim":
+      add(["eval.num_chips", "chip.backward", "chip.solver",
+           "chip.aam_paths"], "by eval.py in mode 'txsim'")
+      add(["txsim.interval"], "by eval.py")
+      if config.txsim.g_eff != "aam":
+        add(["txsim.aam_paths"], "unless txsim.g_eff is 'aam'")
+    else:
+      add([f"txsim.{k}" for k in config.get("txsim", {})],
+          f"by eval.py in mode {mode!r}")
     return unused
   if mode != "retrain":
     add(["init_workdir"], f"in mode {mode!r}")

@@ -111,6 +111,11 @@ def test_unused_overrides_are_named_with_the_reason():
       config, {"retrain.tile_size": 8, "chip.solver": "aam",
                "txsim.interval": 3})) == {
                    "retrain.tile_size", "chip.solver", "txsim.interval"}
+  # eval.py reads the mode (which networks) and, in mode txsim, the device
+  # updates the networks were trained with.
+  assert validate.unused_overrides(
+      config, {"mode": "txsim", "txsim.nu": 0.1, "txsim.interval": 3},
+      entry="evaluate") == {"txsim.interval": "by eval.py"}
 
 
 def test_the_command_line_prints_one_line_and_writes_nothing(tmp_path):
