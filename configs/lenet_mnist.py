@@ -81,4 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.retrain.num_epochs = 2  # Re-training epochs on the chip (0: skip).
   config.retrain.learning_rate = 5e-4  # Peak, cosine-decayed.
   config.retrain.tile_size = 64  # Crossbar size re-trained for.
+  # Digital per-column gain of every layer's outputs, fitted each time the
+  # chip is programmed (every epoch): "column" | "none". Without it the IR
+  # drops shrink the analog products against the digital biases and
+  # re-training loses accuracy (docs/training.md).
+  config.retrain.gain_correction = "column"
   return config

@@ -97,6 +97,16 @@ def chip_spec(chip: ml_collections.ConfigDict, *, tile_size: int | None = None,
       pair_subtraction=chip.get("pair_subtraction", "digital"))
 
 
+def retrain_spec(config: ml_collections.ConfigDict, **kwargs) -> crossbar.Spec:
+  """The chip re-training runs on: `chip_spec(config.chip, **kwargs)` with
+  `config.retrain.gain_correction` (default "column": each layer's outputs
+  get a per-column digital gain fitted when the chip is programmed, as
+  real chips calibrate their readout; docs/training.md says why re-training
+  needs it)."""
+  gain = config.retrain.get("gain_correction", "none")
+  return chip_spec(config.chip, **kwargs).replace(gain_correction=gain)
+
+
 # ---------------------------------------------------------------------------
 # Work directory: config, metrics, results, progress.
 
@@ -180,7 +190,8 @@ def _tensorboard(path):
 # Config fields added after work directories were first written, with the
 # value that reproduces what older rxjax did: a run started before a field
 # existed resumes when the field is left at that value.
-_ADDED_FIELDS = {"chip.pair_subtraction": "digital"}
+_ADDED_FIELDS = {"chip.pair_subtraction": "digital",
+                 "retrain.gain_correction": "none"}
 
 
 def _fill_added_fields(stored: dict) -> None:
@@ -375,7 +386,8 @@ def train_step(model, opt: optax.GradientTransformation,
 def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
           learning_rate: float, spec: crossbar.Spec | None = None,
           init: dict | None = None, update: device_lib.UpdateSpec | None = None,
-          program_every: int | None = None) -> dict:
+          program_every: int | None = None,
+          on_epoch: Callable[[int, dict], Any] | None = None) -> dict:
   """Trains digitally (spec None), re-trains (RxNN VII) or trains on a chip.
 
   With a spec, the forward pass runs on the chip and the backward pass as
@@ -391,7 +403,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   interpolated FCM; `program_every=1` is the exact FCM every step).
   Checkpoints every epoch; resumes. Logs the epoch's metrics (phase
   `phase`) and, every `config.log_every_steps` steps, the mean training loss
-  and accuracy of those steps (phase `phase + "/steps"`).
+  and accuracy of those steps (phase `phase + "/steps"`). `on_epoch(epoch,
+  variables)`, if given, is called after each epoch it trains (diagnostics).
 
   Returns:
     The trained variables.
@@ -456,6 +469,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
           f"test {test:.4f}", flush=True)
     manager.save(epoch + 1, args=ocp.args.StandardSave(state))
     manager.wait_until_finished()
+    if on_epoch is not None:
+      on_epoch(epoch + 1, state["variables"])
   manager.close()
   return state["variables"]
 
@@ -598,7 +613,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       wd.log(0, f"eval/{mode}", **{name: summary[mode][name]})
   final = variables
   size = config.retrain.tile_size
-  spec = chip_spec(config.chip, tile_size=size, variation=False)
+  spec = retrain_spec(config, tile_size=size, variation=False)
   if config.retrain.num_epochs > 0:
     final = train(config, run, wd, phase="retrain",
                   epochs=config.retrain.num_epochs,
@@ -610,7 +625,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     print(f"  retrained {_cross(size)}: "
           f"{summary['retrained'][_cross(size)]:.4f}", flush=True)
   if config.eval.num_chips > 0:
-    chips_spec = chip_spec(config.chip, tile_size=size)
+    # The re-trained network on the chips it was re-trained for (with their
+    # gain correction); the digital one on the plain chips.
+    chips_spec = (retrain_spec(config, tile_size=size)
+                  if config.retrain.num_epochs > 0 else
+                  chip_spec(config.chip, tile_size=size))
     summary["chips"] = wd.result("chips", lambda: evaluate_chips(
         run, final, chips_spec, key=jax.random.fold_in(key, 10_000),
         n=config.eval.num_chips, batch_size=config.eval.batch_size))

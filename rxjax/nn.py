@@ -16,7 +16,11 @@ This module owns how Linen layers run on a chip:
   layers' tiles in one batched solve, calibration on a calibration batch),
   then read; `apply(refresh=True)` reprograms new weights with the stored
   distortion, `apply(program_key=k)` programs exactly during the forward
-  pass itself (TxSim's exact FCM step). The programmed chips live in the Flax
+  pass itself (TxSim's exact FCM step). With `Spec.gain_correction =
+  "column"` programming also fits each layer's per-column digital output
+  gain (`crossbar.column_gain`, on the calibration batch as it flows
+  through the layers already on chips); a refresh keeps the fitted gains,
+  like the rest of the calibration. The programmed chips live in the Flax
   variable collection "chips" and are reused across batches; `jax.vmap`
   over keys programs many chip instances at once.
 
@@ -367,12 +371,15 @@ def _layer_chips(module: nn.Module, w, x_fn, spec: Spec):
 
     def one(w_g, x_g, key, solved_g):
       chip = crossbar.program(w_g, spec, key=key, solved=solved_g)
-      return crossbar.calibrate(chip, x_g, spec)
+      chip = crossbar.calibrate(chip, x_g, spec)
+      return chip, _fit_gain(chip, w_g, x_g, spec, key)
 
-    chips = _per_group(one, w, jax.lax.stop_gradient(x_fn()), keys, solved)
+    chips, gain = _per_group(one, w, jax.lax.stop_gradient(x_fn()), keys,
+                             solved)
   elif mutable and stored:
     keys = module.get_variable(COLLECTION, "key")
     old = module.get_variable(COLLECTION, "chip")
+    gain = module.get_variable(COLLECTION, "gain")  # Kept, as calibration.
     chips = _per_group(
         lambda c, w_g, k: crossbar.reprogram(c, w_g, spec, key=k), old, w,
         keys)
@@ -393,7 +400,30 @@ def _layer_chips(module: nn.Module, w, x_fn, spec: Spec):
   module.put_variable(COLLECTION, "key", keys)
   module.put_variable(COLLECTION, "w_eff", w_eff)
   module.put_variable(COLLECTION, "w_eff_bwd", w_bwd)
+  module.put_variable(COLLECTION, "gain", gain)
   return chips, w_eff, w_bwd
+
+
+def _fit_gain(chip, w, x, spec: Spec, key):
+  """`[F]` per-column output gain (`spec.gain_correction`), or None: the
+  least-squares fit of the calibrated chip's readings of the calibration
+  inputs `x` (`[R, K]`) onto `x @ w` (`crossbar.column_gain`)."""
+  if spec.gain_correction == "none":
+    return None
+  read_key = (jax.random.fold_in(key, 2) if spec.device.read_noise > 0
+              else None)
+  y = crossbar.read(x, chip, spec, key=read_key)
+  return crossbar.column_gain(y, x @ w.astype(x.dtype))
+
+
+def _gained(module: nn.Module, y, groups: int = 1):
+  """The layer's output `[..., F]` times its stored gain (if any)."""
+  if not module.has_variable(COLLECTION, "gain"):
+    return y
+  gain = module.get_variable(COLLECTION, "gain")
+  if gain is None:
+    return y
+  return y * jax.lax.stop_gradient(gain).reshape(-1).astype(y.dtype)
 
 
 def _read_key(module: nn.Module, spec: Spec):
@@ -498,6 +528,8 @@ def dense_on_chip(module: nn.Module, x, kernel, spec: Spec | None):
     chip = jax.tree.map(lambda a: a[0], chips)
     y = crossbar.crossbar_matmul(x2, kernel, chip, _read_key(module, spec),
                                  spec).astype(x.dtype)
+  if chips is not None:
+    y = _gained(module, y)
   return y.reshape(batch + (y.shape[-1],))
 
 
@@ -551,6 +583,8 @@ def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
         y = _per_group(read, p, w, chips, keys)
       y = jnp.moveaxis(y, 0, 1).reshape(
           (x.shape[0],) + out_spatial + (kernel.shape[-1],)).astype(x.dtype)
+    if chips is not None:
+      y = _gained(module, y)
   return y.reshape(batch + y.shape[1:])
 
 
