@@ -18,8 +18,10 @@ ground. It computes
 It does not own device physics (variation, updates: `device.py`), converters
 (`periphery.py`) or the mapping of weights to conductances (`mapping.py`).
 
-The algorithm (see `shared/notes/fcm-solver.md`) eliminates every row chain in
-closed form, then sweeps once over the rows carrying the Norton equivalent of
+RxNN section V-B derives the same exact `G_eff` from Kirchhoff's laws and row
+reduction of the column systems. The algorithm here uses the structure of the
+nodal matrix: it eliminates every row chain in closed form (a tridiagonal
+chain's inverse from positive prefix and suffix shunts), then sweeps once over the rows carrying the Norton equivalent of
 the part of the array above the present row as seen from the N column wires:
 an admittance matrix in Laplacian form (shunts `s >= 0`, couplings `w >= 0`)
 and the current `j` that each unit input volt injects. Two operations
@@ -287,8 +289,8 @@ def _mmatrix_inv(a, leaf=None):
 
   Pure XLA. Up to `leaf` (default `_leaf(k)`): Gauss-Jordan without
   pivoting (safe for such matrices), vectorized over the batch (a
-  fori_loop: unrolled, the 64 x 64 sweep ran 9% faster but compiled 2.6x
-  longer, 3x under autodiff). Larger: 2 x 2 block inversion through the
+  fori_loop: unrolling it runs little faster and compiles much longer,
+  more so under autodiff). Larger: 2 x 2 block inversion through the
   Schur complement, recursively (the Schur complement of an M-matrix is an
   M-matrix, so no pivoting is needed at any level).
   Symmetry saves a third of the block products: only the upper off-diagonal
@@ -299,9 +301,8 @@ def _mmatrix_inv(a, leaf=None):
   Not LAPACK: jaxlib's batched LAPACK kernels split their batch over XLA's
   intra-op thread pool and wait for it, and two of them running at once (a
   forward and a backward solve, two layers in one jit) can take every
-  worker of a 2-thread pool and wait forever. That deadlock was seen
-  (gdb: both `tf_XLAEigen` threads in `jax::ParallelBatchMap` /
-  `BlockingCounter::Wait`) while programming LeNet-5 on this 2-core CPU.
+  worker of a small pool and wait for each other forever (both workers
+  blocked in `jax::ParallelBatchMap` / `BlockingCounter::Wait`).
   """
   k = a.shape[-1]
   leaf = _leaf(k) if leaf is None else leaf
@@ -333,8 +334,8 @@ def _mmatrix_inv_jvp(leaf, primals, tangents):
   """d(A^-1) = -A^-1 dA A^-1: autodiff never enters the elimination.
 
   Differentiating through the Gauss-Jordan loops and the block recursion
-  stored every pivot step and made the gradient's program large: the
-  256 x 256 nested gradient compiled in 56 s. Reverse mode transposes this
+  would store every pivot step and make the gradient's program large and
+  slow to compile. Reverse mode transposes this
   linear rule: dL/dA = -A^-T (dL/dX) A^-T.
   """
   a, = primals
@@ -346,17 +347,16 @@ def _mmatrix_inv_jvp(leaf, primals, tangents):
 def _leaf(k):
   """Gauss-Jordan leaf size for a k x k inverse.
 
-  Small leaves put most of the work in matrix products: 8 x 8 leaves made
-  the 64 x 64 sweep 2x faster than 32 x 32 ones (2 CPU cores). Deep
-  recursion costs compilation time and, under autodiff, memory (with 8 x 8
-  leaves everywhere the 256 x 256 nested gradient peaked at 2.5 GiB against
-  1.9 GiB), so only blocks up to 64 wide recurse that far.
+  Small leaves put most of the work in matrix products, which run faster
+  than the elimination's rank-1 steps. Deep recursion costs compilation
+  time and, under autodiff, memory, so only blocks up to 64 wide recurse
+  that far.
   """
   return 8 if k <= 64 else 32
 
 
 # Nested dissection's merges gain little from small leaves but compile
-# 1.4x longer with them (64 x 64: 8 -> 12 s).
+# longer with them.
 _NESTED_LEAF = 32
 
 
@@ -394,7 +394,7 @@ def _through(j, s_new, w_new, r, kind):
 
   j' = j P = j - r j Y'. The increment form matters in float32: in j @ P the
   many tiny off-diagonal terms next to a diagonal of ~1 are rounded away
-  (measured: 2e-4 relative error at 128x128 ReRAM; 1e-6 in this form).
+  (at 128 x 128 ReRAM, 2e-4 relative error against 1e-6 in this form).
   """
   if kind == "zero":
     return j
@@ -621,9 +621,9 @@ def _sweep_flops(m, n):
 
 def _nested_flops(m, n):
   mp, np_ = _pow2(m), _pow2(n)
-  # Calibrated on 2 CPU cores: at 64 x 64 the sweep is as fast for one tile
-  # (7 ms), 2x faster in batches and compiles 3x faster; nested is 1.6x
-  # faster at 128 (38 vs 59 ms), and more so beyond.
+  # A cost model fitted to timings against `_sweep_flops`: at 64 x 64 the
+  # sweep is as fast for one tile, faster in batches and compiles faster;
+  # nested dissection wins from 128 x 128 on.
   return 200.0 * mp * np_ * (mp + np_)
 
 
@@ -716,11 +716,10 @@ def _geff_spread(g, resistances, kinds, method, devices):
   """`_geff_jit` with the tiles of g split evenly over `devices`.
 
   A tile's solve is a chain of small dependent steps, and one device's
-  program of them keeps about 1.5 of 2 CPU cores busy: a batch of 16
-  float64 64 x 64 tiles took 3.63 ms per tile jitted on one device and 2.30
-  ms through this function on two (benchmarks/fcm_bench.py at 5c0beeb, in
-  turns). Zero tiles pad the batch to a multiple of the device count; the
-  result goes back to g's device.
+  program of them does not keep every core of a CPU host busy; split over
+  several devices, the tiles are solved side by side (docs/performance.md,
+  benchmarks/fcm_bench.py). Zero tiles pad the batch to a multiple of the
+  device count; the result goes back to g's device.
   """
   m, n = g.shape[-2:]
   flat = g.reshape((-1, m, n))
@@ -752,8 +751,8 @@ def effective_conductance(g, wires: Wires, *,
   result on `g`'s device; under jit the shardings of the caller's arrays
   decide. A CPU host is one device unless JAX is told otherwise, e.g.
   `jax.config.update("jax_num_cpu_devices", os.cpu_count())` before the
-  first computation: on 2 cores that solves a batch of 16 float64 64 x 64
-  tiles in 2.3 instead of 3.6 ms per tile (benchmarks/fcm_bench.py).
+  first computation, which solves batches of tiles faster (measured in
+  docs/performance.md).
 
   Returns:
     `[..., M, N]` array in the dtype of `g`. Forward: `i_out = v @ G_eff`
@@ -1046,7 +1045,7 @@ def _chain(y, r, r_terminal) -> _Chain:
 
   Resistance form throughout (no division by a wire resistance), so any
   resistance may be 0. Two scans; no transcendental functions (XLA's CPU
-  log / exp and cumsum cost more than the scans here).
+  log / exp and cumsum would cost more than the scans).
   """
   n = y.shape[0]
   rho = jnp.where(jnp.arange(n) < n - 1, r, r_terminal).astype(y.dtype)
@@ -1103,8 +1102,8 @@ def _aam_impl(g, resistances, paths):
   the terminal last and the tiles innermost: column chains `[M, N, B]` ("C")
   and row chains `[N, M, B]` with the columns reversed ("R"). Moving fields
   between them swaps the two outer axes only, in contiguous blocks of B;
-  swapping the outermost and innermost axes instead cost more than all the
-  scans (measured).
+  swapping the outermost and innermost axes instead costs more than all the
+  scans.
   """
   r_row, r_col, r_source, r_sense = (jnp.asarray(r, g.dtype)
                                      for r in resistances)
@@ -1149,11 +1148,11 @@ def _aam_impl(g, resistances, paths):
     # without column j, col_m that of column m without row i and rest the
     # mean of the tile without row i and column j. Leaving out the path's
     # exit and entry devices (which its factors already carry) removes a
-    # ~1/N bias of the sneak current (measured); dividing by `rest` keeps the
+    # ~1/N bias of the sneak current; dividing by `rest` keeps the
     # mean field exact for every outer-product g. In units of the tile mean:
     # u = row_k / mean, v = col_m / mean, kappa = mean / rest. The barrier
     # keeps XLA from fusing the sums into their elementwise consumers, which
-    # recomputed them per element (measured: 4x the cost of the rest).
+    # would recompute them per element.
     row_sum, col_sum, total = jax.lax.optimization_barrier(
         (jnp.sum(g_c, axis=1, keepdims=True),
          jnp.sum(g_r, axis=1, keepdims=True),
@@ -1219,14 +1218,11 @@ def aam_conductance(g, wires: Wires, *, paths: int = 3,
   above this function.
 
   Cost: O(M N) per tile and no linear algebra: 8 scans over the lines for
-  the direct paths and 4 more per added path family. Measured with
-  `benchmarks/aam_error.py` (2 shared CPU cores, 64 x 64 tiles in a batch of
-  64, best of 7, docs/figures/aam_speed.csv): paths=3 takes 0.20 ms per
-  tile in float64 (0.15 ms in float32), 35x (25x) less than
-  `effective_conductance` in the same run; paths=1 is 75x (54x) faster;
-  single tiles gain 16-26x.
+  the direct paths and 4 more per added path family; its speed against
+  `effective_conductance` is in docs/performance.md
+  (`benchmarks/aam_error.py`).
 
-  Accuracy, measured by the same script (docs/figures/aam_error.csv): 64 x
+  Accuracy, from `benchmarks/aam_error.py` (docs/figures/aam_error.csv): 64 x
   64, r_row = 1 ohm, r_col = 4.6 ohm (TxSim V), r_source = r_sense = 100
   ohm, paths=3. Max relative error over 16 random states (cells uniform in
   [g_min, g_max]) of the G_eff entries / of the column currents for 33

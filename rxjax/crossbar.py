@@ -363,9 +363,8 @@ def _split_tiles(flat, gs):
 def solve_tiles(gs, spec: Spec, *, chunk: int = 256) -> list:
   """The `G_eff` of many layers' tiles, solved together.
 
-  The circuit solve is fastest on large batches of tiles (64 x 64 float32 on
-  the 2-core CPU: 4.2 ms per tile for a batch of 2, 2.4 ms from a batch of
-  28 on), so a network's tiles are solved in equal chunks of at most
+  The circuit solve costs less per tile in large batches of tiles, so a
+  network's tiles are solved in equal chunks of at most
   `chunk` tiles (one `lax.map` step each), not one solve per layer. jit- and
   vmap-compatible.
 
@@ -696,9 +695,8 @@ def _trim(chip: Chip, spec: Spec) -> Chip:
 
 
 # Currents per scan step (elements) above which a digital-pair read runs the
-# two polarities as separate scans (`_read_forward`). One slice of a 1024 x
-# 1024 layer at batch 256 (2**19 per step) is faster joint: 12.2-12.5 ms
-# against 13.9-14.0 ms split (two runs, in a slow spell of the VM).
+# two polarities as separate scans (`_read_forward`); below it the joint read
+# is faster.
 _SPLIT_CURRENTS = 2**20
 
 
@@ -728,7 +726,7 @@ def _read_forward(x, chip: Chip, spec: Spec, key):
       # Shift-and-add over input cycles and weight slices (RxNN V-A), then
       # the digital sum over fan-in tiles (the scan). Written as a sum of
       # static slices, not an einsum or a reduction over the slice axis
-      # (which XLA's CPU backend runs ~10x slower), so that it fuses with
+      # (which XLA's CPU backend runs far slower), so that it fuses with
       # the ADC into one pass over the currents.
       i = sum(i[:, :, k] * sw[k] for k in range(len(sw))) * cw[c]
       if differential:  # Pair subtraction, digital, unless done before.
@@ -745,9 +743,8 @@ def _read_forward(x, chip: Chip, spec: Spec, key):
   if split:
     # The two crossbars of a pair are digitized separately, so they can be
     # read one after the other: each scan step's currents are then half
-    # as large and stay in cache between the product and the ADC. 1024 x
-    # 1024 layer, batch 256, 4 slices, 8 cycles (8 MB of currents per
-    # step): 429 -> 270 ms. Splitting the slices as well gained nothing.
+    # as large and stay in cache between the product and the ADC.
+    # Splitting the slices as well gains nothing.
     acc = init
     for pol, sign in ((0, 1.0), (1, -1.0)):
       take = lambda a: None if a is None else a[:, :, pol:pol + 1]
@@ -939,8 +936,8 @@ def calibrate(chip: Chip, x, spec: Spec) -> Chip:
   levels = _input_levels(x, chip, spec)
   g_eff = _one_product_per_pair(chip.g_eff, spec)
   # What the ADCs digitize: each column's current, or |I+ - I-| of a pair.
-  # (Only analog pairs take the abs: on the 32-chip LeNet-5 evaluation an
-  # abs on every current raised the peak RSS from 2.9 to 4.1 GB.)
+  # (Only analog pairs take the abs: an abs on every current would keep a
+  # second copy of all currents alive and raise the peak memory.)
   seen = ((lambda i: jnp.abs(_subtract_pairs(i, spec, axis=3)))
           if _analog(spec) else (lambda i: i))
   if spec.adc.calibration == "max":

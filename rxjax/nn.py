@@ -215,9 +215,9 @@ def _patches(x, conv: _Conv):
 
   Gathered as `prod(k)` strided slices of the padded input, channels last
   throughout. XLA's CPU backend runs `conv_general_dilated_patches` as a
-  dense convolution with a one-hot filter (LeNet-5's second convolution at
-  batch 128: 0.58 GFlop, 12.6 ms of a 64 ms TxSim step), and its
-  channels-first layout cost two more transposes of the patches.
+  dense convolution with a one-hot filter, which costs as many flops as a
+  convolution with `c * prod(k)` output channels, and its channels-first
+  layout would cost two more transposes of the patches.
   """
   b, *size, c = x.shape
   pads, padded, out = _explicit_pads(conv, size)
@@ -242,9 +242,8 @@ def _patches_bwd(conv, shape, dp):
 
   Autodiff would transpose a `conv_general_dilated_patches` as a grouped
   convolution with a one-hot filter, which XLA's CPU backend runs as a dense
-  one: for LeNet-5's second convolution at batch 128 that took 123 ms
-  against 12 ms for the whole digital convolution's gradient. Here it is
-  `prod(k)` strided pads and adds, O(prod(k) * |x|).
+  one, many times the cost of the digital convolution's whole gradient.
+  Here it is `prod(k)` strided pads and adds, O(prod(k) * |x|).
   """
   b, *size, c = shape
   pads, padded, out = _explicit_pads(conv, size)
@@ -290,8 +289,8 @@ class _Solves:
   call order) and runs the layers digitally (their outputs only carry the
   pass to the next layer). `solve` then solves all tiles together
   (`crossbar.solve_tiles`, grouped by spec), and the second pass hands each
-  layer its own `G_eff`. LeNet-5's 48 tiles of 64 x 64 (float32, 2-core
-  CPU): 117 ms in one batch against 133 ms layer by layer.
+  layer its own `G_eff`: one batch of all the network's tiles is faster
+  than a solve per layer.
   """
 
   def __init__(self):
@@ -442,9 +441,8 @@ def _chipwise(op):
   Under `jax.vmap` over chips, the clip range and the kernel carry the chip
   axis, so the clipped input does too, and a convolution whose input and
   kernel are both batched becomes one grouped convolution, which XLA's CPU
-  backend runs several times slower than the same convolutions one by one
-  (LeNet-5 on 1,000 digits, 10 chips: 1.32 s vmapped against 0.63 s in a
-  loop; 0.84 s with this rule). Here that case runs as a `lax.map` over the
+  backend runs several times slower than the same convolutions one by one.
+  Here that case runs as a `lax.map` over the
   chip axis, each step clipping the (shared or own) input and running one
   native convolution. Not differentiable by itself: `_folded` differentiates
   the plain convolution.

@@ -16,15 +16,14 @@ source `vsense_<k>` used as an ammeter. A resistance of exactly 0 becomes a
 turn a 0 ohm resistor into 1 mohm. Devices with `g == 0` are left out (open).
 
 Speed: one `.op` per input vector. ngspice spends its time ordering and
-factoring the sparse matrix. Measured on 2 CPU cores with ngspice-39, one
-input takes 0.2-0.5 s at 32 x 32, about 1.2 s at 48 x 48 and 8 s at 64 x 64
-(minutes at 128 x 128, `shared/notes/fcm-solver.md`), where `rxjax.circuit`
-needs milliseconds for all M inputs. Use it for tiles of 32 x 32 or less and
-the scipy reference (`rxjax.reference`) for larger ones. A linear deck
-converges in one Newton step and results are printed with 15 significant
-digits (`numdgt=15`), so ngspice agrees with an exact solve to 1e-12
-relative or better (measured up to 32 x 32 in ReRAM, PCM and spintronic
-regimes).
+factoring the sparse matrix, so its cost grows steeply with the tile (RxNN
+section VIII-A reports five orders of magnitude between HSPICE and FCM),
+where `rxjax.circuit` solves all M inputs at once (docs/performance.md).
+Use it for tiles of 32 x 32 or less and the scipy reference
+(`rxjax.reference`) for larger ones. A linear deck converges in one Newton
+step and results are printed with 15 significant digits (`numdgt=15`), so
+ngspice agrees with an exact solve to about 1e-12 relative (tests/spice_test.py
+asserts 1e-9 up to 32 x 32 in ReRAM, PCM and spintronic regimes).
 """
 
 from __future__ import annotations
