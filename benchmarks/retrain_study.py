@@ -72,6 +72,10 @@ CONFIGS = {
     "lowr128_adc6": dict(label="low-R 10k-100k ohm, Cross128, 6-bit ADC",
                          tile_size=128, r_min_ohm=10e3, r_max_ohm=100e3,
                          adc_bits=6),
+    # Process variation: 30% lognormal on the papers' device, Cross64 (one
+    # chip instance per seed, the one re-trained for).
+    "var30": dict(label="ReRAM 100k-1M ohm, Cross64, 30% variation",
+                  tile_size=64, sigma=0.3),
     # The papers' default chip of the main job (Cross64, no variation).
     "paper64": dict(label="ReRAM 100k-1M ohm, Cross64 (main job's chip)",
                     tile_size=64),
@@ -300,6 +304,16 @@ def markdown(results, args) -> str:
                    f"{100 * (m - before[0]):+.1f} pp")
       cells.append(", ".join(rec))
       lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Per seed (fp32 / before / column gain only / " + " / ".join(
+        f"re-trained ({g}) / its fp32" for g in args.variants) + "):", ""]
+    for name, seeds in per_config.items():
+      per_seed = ["/".join(f"{s[k]:.3f}" for k in
+                           ["fp32", "before", "before_gain"] + [
+                               k for g in args.variants
+                               for k in (f"after_{g}", f"after_{g}_fp32")])
+                  for s in seeds]
+      lines.append(f"- {CONFIGS[name]['label']}: " + "; ".join(
+          f"seed {seed} {v}" for seed, v in zip(args.seeds, per_seed)))
     lines.append("")
   return "\n".join(lines)
 
