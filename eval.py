@@ -1,12 +1,14 @@
-"""Evaluate a trained network on simulated crossbars.
+"""Evaluate the networks a training run produced, on simulated crossbars.
 
     python eval.py --config=configs/lenet_mnist.py --workdir=/tmp/lenet
 
-Evaluates the latest checkpoint in the work directory (the re-trained one
-when there is one) in floating point, on the Cross-ideal chip, on the
-non-ideal chip without variation and over `eval.num_chips` chip instances
-with variation in one vmapped call; writes DIR/eval.json and prints a
-Markdown table.
+Loads the latest checkpoint of the network the config's mode produced and
+prints which one it loaded: mode "digital" the digital network, mode
+"retrain" the re-trained one (both in floating point, on the Cross-ideal
+chip, on the non-ideal chip without variation and over `eval.num_chips` chip
+instances with variation in one vmapped call); mode "txsim" the digital
+network and the networks trained on the Cross-Ideal and Cross-NI chips, each
+on its own chip. Writes DIR/eval.json and prints a Markdown table.
 """
 
 from rxjax import cli

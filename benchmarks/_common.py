@@ -6,6 +6,12 @@ import time
 
 import jax
 
+import rxjax
+
+# Benchmarks are programs and run with the host settings of train.py and
+# eval.py (`import rxjax` alone changes nothing process-wide).
+rxjax.tune_host()
+
 
 def best(fn, *args, repeats: int = 7) -> float:
   """Seconds of the fastest of `repeats` calls, after one warm-up call."""

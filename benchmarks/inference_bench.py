@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import _common  # benchmarks/_common.py
-import rxjax  # noqa: F401  (thread settings)
 from rxjax import circuit, crossbar, data, device, models, periphery
 from rxjax import nn as rnn
 

@@ -55,7 +55,6 @@ import jax.numpy as jnp
 import optax
 
 import _common  # benchmarks/_common.py
-import rxjax  # noqa: F401  (thread settings)
 from rxjax import circuit, data, experiment, models, optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -164,7 +164,7 @@ def _last_epoch(wd: experiment.Workdir, phase: str, epochs: int) -> dict:
 def _release_compiled():
   """Drops the compiled programs of a finished point.
 
-  `experiment.program_fn` and `experiment._logits_fn` keep one compiled
+  `experiment.program_fn`, `_correct_fn` and `_chips_fns` keep one compiled
   function per (model, spec) for the life of the process, and every sweep
   point has its own spec: in one long process the executables pile up until
   XLA's CPU backend cannot map more code (the first full run died at point
@@ -174,7 +174,8 @@ def _release_compiled():
   compilation cache keeps them on disk for reruns.
   """
   experiment.program_fn.cache_clear()
-  experiment._logits_fn.cache_clear()  # pylint: disable=protected-access
+  experiment._correct_fn.cache_clear()  # pylint: disable=protected-access
+  experiment._chips_fns.cache_clear()  # pylint: disable=protected-access
   jax.clear_caches()
 
 

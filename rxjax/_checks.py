@@ -13,7 +13,7 @@ def is_int(value) -> bool:
 
 def as_finite_float(name: str, value, what: str) -> float:
   """float(value), or a ValueError naming the field, the value and `what`."""
-  if isinstance(value, bool):
+  if isinstance(value, (bool, str, bytes)):  # float("1") and float(True).
     raise ValueError(f"`{name}` must be {what}, got {value!r}")
   try:
     as_float = float(value)

@@ -95,6 +95,10 @@ class Wires:
         continue
       if not _is_concrete(value):
         continue  # Traced (e.g. under jax.grad): validated by the caller.
+      if isinstance(value, (bool, str, bytes)):  # float(True) is 1.0.
+        raise ValueError(
+            f"`{field.name}` must be a resistance in ohm (a finite number >= 0),"
+            f" got {value!r}")
       try:
         as_float = float(np.asarray(value))
       except (TypeError, ValueError):
@@ -171,7 +175,28 @@ def _check_g(g) -> jax.Array:
   if not jnp.issubdtype(g.dtype, jnp.floating):
     raise TypeError(
         f"`g` must be a floating-point array (siemens), got dtype {g.dtype}")
+  if jnp.finfo(g.dtype).bits < 32:
+    # float16's smallest normal number is 6.1e-5: a 1 MOhm device (1e-6 S)
+    # is subnormal there and loses ~2% (bfloat16 keeps 3 digits).
+    raise TypeError(f"`g` must be float32 or float64 (siemens), got dtype "
+                    f"{g.dtype}, which cannot hold device conductances "
+                    "(~1e-6 S) to the solve's accuracy")
+  if _is_concrete(g):
+    a = np.asarray(g)
+    if not np.isfinite(a).all():
+      raise ValueError(f"`g` must be finite conductances (siemens), got "
+                       f"{int((~np.isfinite(a)).sum())} NaN / inf values")
+    if (a < 0).any():
+      first = tuple(int(i) for i in np.argwhere(a < 0)[0])
+      raise ValueError(f"`g` must be conductances >= 0 S, got "
+                       f"{int((a < 0).sum())} negative values (first "
+                       f"{a[first]!r} at index {first})")
   return g
+
+
+def _check_wires(wires) -> None:
+  if not isinstance(wires, Wires):
+    raise TypeError(f"`wires` must be a rxjax.Wires, got {wires!r}")
 
 
 def _flip(x):
@@ -767,6 +792,7 @@ def effective_conductance(g, wires: Wires, *,
   if method not in _METHODS:
     raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}")
   g = _check_g(g)
+  _check_wires(wires)
   g, resistances, back = _oriented(g, wires, direction)
   kinds = tuple(_kind(r) for r in resistances)
   wires_positive = kinds[0] == kinds[1] == "positive"
@@ -875,6 +901,7 @@ def node_voltages(g, v, wires: Wires, *,
   """
   _check_direction(direction)
   g = _check_g(g)
+  _check_wires(wires)
   m, n = g.shape[-2:]
   v = jnp.asarray(v, g.dtype)
   want = m if direction == "forward" else n
@@ -950,6 +977,7 @@ def series_model(g, wires: Wires, *,
   """
   _check_direction(direction)
   g = _check_g(g)
+  _check_wires(wires)
   g_o, resistances, back = _oriented(g, wires, direction)
   r_along, r_across, r_source, r_sense = (jnp.asarray(r, g.dtype)
                                           for r in resistances)
@@ -1283,6 +1311,7 @@ def aam_conductance(g, wires: Wires, *, paths: int = 3,
       or paths < 1):
     raise ValueError(f"`paths` must be an integer >= 1, got {paths!r}")
   g = _check_g(g)
+  _check_wires(wires)
   g, resistances, back = _oriented(g, wires, direction)
   if all(_kind(r) == "zero" for r in resistances):
     return back(g)  # No parasitics: the devices themselves.

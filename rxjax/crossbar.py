@@ -45,6 +45,7 @@ import jax.numpy as jnp
 from rxjax import _checks
 from rxjax import circuit
 from rxjax import device as device_lib
+from rxjax import finite
 from rxjax import mapping as mapping_lib
 from rxjax import periphery
 
@@ -80,7 +81,7 @@ class Spec:
     solver: how `G_eff` is computed when a chip is programmed: "exact"
       (`circuit.effective_conductance`, the Fast Crossbar Model) or "aam"
       (`circuit.aam_conductance`, TxSim's approximate analytical model:
-      25-35x cheaper, accurate only while the wires are small against the
+      far cheaper, accurate only while the wires are small against the
       devices; its docstring says where not to use it).
     aam_paths: path families the AAM keeps (`aam_conductance(paths=...)`),
       an int >= 1; used only with `solver="aam"`.
@@ -233,6 +234,11 @@ class Chip:
   fan_out: int = flax.struct.field(pytree_node=False, default=0)
 
 
+def _check_spec(spec) -> None:
+  if not isinstance(spec, Spec):
+    raise TypeError(f"`spec` must be a rxjax.Spec, got {spec!r}")
+
+
 def _check_w(w) -> jax.Array:
   w = jnp.asarray(w)
   if w.ndim != 2:
@@ -322,9 +328,19 @@ def program(w, spec: Spec, *, key, solved=None) -> Chip:
 
   Returns:
     The programmed `Chip`, uncalibrated (`x_scale = 1`, ADC full scale at its
-    never-clipping design value); see `calibrate`.
+    never-clipping design value); see `calibrate`. Under jit, a non-finite
+    weight makes every array of the chip NaN (`finite.status` tells).
+
+  Raises:
+    ValueError: `w` holds NaN or inf (outside jit).
   """
   w = _check_w(w)
+  _check_spec(spec)
+  ok = finite.check("w", w, "weights")
+  return finite.poison(_program(w, spec, key, solved), ok)
+
+
+def _program(w, spec: Spec, key, solved) -> Chip:
   g, w_scale = _map_and_vary(w, spec, key)
   if solved is None:
     g_eff, g_eff_bwd = _effective(g, spec)
@@ -417,6 +433,9 @@ def program_layers(weights, spec: Spec, *, key, chunk: int = 256,
     One `Chip` per layer.
   """
   weights = [_check_w(w) for w in weights]
+  _check_spec(spec)
+  for k, w in enumerate(weights):
+    finite.check(f"weights[{k}]", w)  # Eager only: raises on NaN / inf.
   keys = [jax.random.fold_in(key, k) for k in range(len(weights))]
   mapped = [_map_and_vary(w, spec, k) for w, k in zip(weights, keys)]
   m, n = spec.mapping.tile_rows, spec.mapping.tile_cols
@@ -923,12 +942,25 @@ def calibrate(chip: Chip, x, spec: Spec) -> Chip:
       every column current of every tile, cycle and pass.
 
   Returns:
-    The chip with `x_scale` and `adc_full_scale` set.
+    The chip with `x_scale` and `adc_full_scale` set. Under jit, a
+    non-finite calibration input makes every array of the chip NaN.
+
+  Raises:
+    ValueError: `x` holds NaN or inf (outside jit), or is empty.
   """
+  _check_spec(spec)
   x = jnp.asarray(x, chip.g.dtype)
   if x.ndim < 1 or x.shape[-1] != chip.fan_in:
     raise ValueError(f"calibration inputs must have shape [..., "
                      f"{chip.fan_in}], got {x.shape}")
+  if x.size == 0:
+    raise ValueError(f"calibration inputs `x` must hold at least one row, "
+                     f"got shape {x.shape}")
+  ok = finite.check("x", x, "calibration inputs")
+  return finite.poison(_calibrate(chip, x, spec), ok)
+
+
+def _calibrate(chip: Chip, x, spec: Spec) -> Chip:
   x = x.reshape((-1, chip.fan_in))
   x_scale = periphery.input_scale(x, spec.dac).astype(chip.g.dtype)
   calibrated = chip.replace(x_scale=x_scale)
@@ -1035,7 +1067,8 @@ def _matmul_bwd(spec, residuals, dy):
 crossbar_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def matmul(x, w, spec: Spec | None = None, *, key) -> jax.Array:
+def matmul(x, w, spec: Spec | None = None, *, key,
+           return_status: bool = False):
   """`x @ w` computed on a simulated crossbar chip: the one-call entry point.
 
   Programs `w` onto one chip instance drawn from `key`, calibrates the input
@@ -1047,19 +1080,36 @@ def matmul(x, w, spec: Spec | None = None, *, key) -> jax.Array:
     spec: the chip; None is the papers' default `Spec()`. `Spec.ideal()`
       reproduces `x @ w` to float rounding.
     key: PRNG key: one key is one chip instance.
+    return_status: also return a `finite.Status` (for use under jit, where
+      a NaN / inf input cannot raise: the output is then all NaN).
 
   Returns:
-    `[..., fan_out]`, differentiable as `crossbar_matmul`.
+    `[..., fan_out]`, differentiable as `crossbar_matmul`; with
+    `return_status`, `(y, status)`. An empty batch gives an empty output.
+
+  Raises:
+    ValueError: `x` or `w` holds NaN or inf (outside jit), or bad shapes.
+    TypeError: `spec` is not a `Spec` or None.
 
   Example:
     >>> y = rxjax.matmul(x, w, key=jax.random.key(0))
   """
   spec = Spec() if spec is None else spec
+  _check_spec(spec)
   w = _check_w(w)
   x = jnp.asarray(x)
   if x.ndim < 1 or x.shape[-1] != w.shape[0]:
     raise ValueError(f"`x` must have shape [..., {w.shape[0]}] to multiply "
                      f"a {w.shape[0]}x{w.shape[1]} `w`, got {x.shape}")
-  chip = program(w, spec, key=jax.random.fold_in(key, 0))
-  chip = calibrate(chip, jax.lax.stop_gradient(x), spec)
-  return crossbar_matmul(x, w, chip, jax.random.fold_in(key, 1), spec)
+  ok = finite.all_true(finite.check("x", x, "inputs"),
+                       finite.check("w", w, "weights"))
+  if x.size == 0:  # Nothing to calibrate on, nothing to read.
+    y = jnp.zeros(x.shape[:-1] + (w.shape[1],), jnp.result_type(x, w))
+  else:
+    chip = program(w, spec, key=jax.random.fold_in(key, 0))
+    chip = calibrate(chip, jax.lax.stop_gradient(x), spec)
+    y = finite.poison(
+        crossbar_matmul(x, w, chip, jax.random.fold_in(key, 1), spec), ok)
+  if return_status:
+    return y, finite.status((x, w))
+  return y

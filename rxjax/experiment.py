@@ -3,20 +3,26 @@
 This module is the edge where configs become specs (STYLE: configs stay at
 the edge). It owns:
 
-* `chip_spec`: a config's `chip` block -> `crossbar.Spec`.
+* `chip_spec`: a config's `chip` block -> `crossbar.Spec` (defined in
+  `rxjax.validate`, which also checks a whole config and builds every spec
+  of a run before any work).
 * `train_and_evaluate` (what `train.py` runs): digital training, evaluation
   on Cross-ideal and non-ideal chips of several tile sizes, RxNN re-training
   on one chip (crossbar forward, floating-point backward, digital update),
   evaluation again, a Monte-Carlo study over chip instances, the summary.
-* `evaluate` (what `eval.py` runs): a checkpoint as fp32, ideal, non-ideal
-  without variation and over N chip instances with variation.
+* `evaluate` (what `eval.py` runs): the network(s) the config's mode
+  produced, from their checkpoints: as fp32, ideal, non-ideal without
+  variation and over N chip instances with variation (modes "digital",
+  "retrain"), or each TxSim network on its own chip (mode "txsim").
 * Checkpoints (orbax, one directory per phase, saved every epoch, resumed
   from the latest), `metrics.jsonl`, progress lines with rate and ETA.
 
 Everything a run computes is kept in its work directory: the config it ran
-with (`config.json`; a different config in the same directory is refused),
-checkpoints, finished evaluations (`results.json`, so a resumed run does not
-repeat them), metrics and the summary.
+with (`config.json`, written once the config is valid; a different config
+resumes or is refused by the rule in `rxjax.resume`), checkpoints with their
+checksums (`rxjax.checkpoints`), finished evaluations (`results.json`, so a
+resumed run does not repeat them), metrics (`rxjax.metrics`: one line per
+(phase, step)) and the summary, which names the checkpoints it came from.
 """
 
 from __future__ import annotations
@@ -38,63 +44,30 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from rxjax import checkpoints as ckpt
 from rxjax import circuit
 from rxjax import crossbar
 from rxjax import data as data_lib
+from rxjax import distributed
 from rxjax import device as device_lib
+from rxjax import energy as energy_lib
+from rxjax import finite
 from rxjax import mapping as mapping_lib
+from rxjax import metrics as metrics_lib
 from rxjax import models
 from rxjax import nn as rnn
 from rxjax import optim
 from rxjax import periphery
 from rxjax import plots
+from rxjax import resume
+from rxjax import validate
 
 # ---------------------------------------------------------------------------
 # Config -> spec.
 
 
-def _bits(value, name):
-  """Config bit counts: 0 means full precision (None in the specs)."""
-  if value is None or value == 0:
-    return None
-  if not isinstance(value, int) or value < 0:
-    raise ValueError(f"`{name}` must be an int >= 0 (0 = full precision), "
-                     f"got {value!r}")
-  return value
-
-
-def chip_spec(chip: ml_collections.ConfigDict, *, tile_size: int | None = None,
-              variation: bool = True) -> crossbar.Spec:
-  """The `crossbar.Spec` of a config's `chip` block.
-
-  Args:
-    chip: the block (fields documented in `configs/lenet_mnist.py`).
-    tile_size: overrides `chip.tile_size` (square tiles).
-    variation: False sets the process variation to 0 (the "non-ideal
-      without variation" evaluations and re-training).
-  """
-  size = chip.tile_size if tile_size is None else tile_size
-  device = device_lib.DeviceSpec(
-      r_min=chip.r_min_ohm, r_max=chip.r_max_ohm,
-      device_bits=_bits(chip.device_bits, "chip.device_bits"),
-      sigma=chip.sigma if variation else 0.0)
-  return crossbar.Spec(
-      mapping=mapping_lib.MappingSpec(
-          tile_rows=size, tile_cols=size,
-          weight_bits=_bits(chip.weight_bits, "chip.weight_bits"),
-          signed=chip.signed),
-      device=device,
-      wires=circuit.Wires(r_row=chip.r_row_ohm, r_col=chip.r_col_ohm,
-                          r_source=chip.r_source_ohm,
-                          r_sense=chip.r_sense_ohm),
-      dac=periphery.DACSpec(
-          input_bits=_bits(chip.input_bits, "chip.input_bits"),
-          dac_bits=_bits(chip.dac_bits, "chip.dac_bits"),
-          model=chip.dac_model),
-      adc=periphery.ADCSpec(bits=_bits(chip.adc_bits, "chip.adc_bits")),
-      inputs=chip.inputs,
-      # Work directories written before this field existed read "digital".
-      pair_subtraction=chip.get("pair_subtraction", "digital"))
+# Every chip field, its spec field, unit and range: `rxjax.validate`.
+chip_spec = validate.chip_spec
 
 
 def retrain_spec(config: ml_collections.ConfigDict, **kwargs) -> crossbar.Spec:
@@ -118,7 +91,16 @@ class Workdir:
     self.path = os.path.abspath(path)
     os.makedirs(self.path, exist_ok=True)
     self._check_config(config)
-    self._tb = _tensorboard(self.path)
+    # Process 0 alone writes (DESIGN 6). Every process reads results.json
+    # to skip a finished evaluation: they agree, since each evaluation needs
+    # all of them, so none can find one that the others have not finished.
+    self.main = distributed.is_main()
+    self._tb = _tensorboard(self.path) if self.main else None
+    self._metrics = metrics_lib.MetricsFile(
+        os.path.join(self.path, "metrics.jsonl")) if self.main else None
+    # {phase: {"step", "sha256"}}: the checkpoints this run saved or
+    # restored, recorded in summary.json.
+    self.checkpoints = {}
 
   def _check_config(self, config):
     path = os.path.join(self.path, "config.json")
@@ -131,31 +113,47 @@ class Workdir:
         raise ValueError(f"{path} is unreadable ({e}); remove it or use "
                          "another --workdir") from e
       _fill_added_fields(theirs)
-      diff = sorted(_diff(theirs, mine))
+      diff = sorted(d for d in _diff(
+          resume.normalize(theirs),
+          resume.normalize(json.loads(json.dumps(mine))))
+                    if d.split(".")[0] not in _PLACEMENT_FIELDS)
       if diff:
-        raise ValueError(
-            f"--workdir {self.path} holds a run with a different config "
-            f"(fields {', '.join(diff)}); use another --workdir or the same "
-            "config to resume")
+        # The resume rule (docs/configs.md): refused if a finished phase
+        # would change; else the finished phases resume.
+        resume.judge(self.path, diff)
+        moved = (resume.supersede_results(self.path, diff)
+                 if distributed.is_main() else None)
+        print(f"  workdir: config changed ({', '.join(diff)}); finished "
+              f"phases {resume.finished_phases(self.path) or 'none'} resume"
+              + (f", old evaluations moved to {moved}" if moved else ""),
+              flush=True)
+        self.write_json("config.json", mine)
     else:
       self.write_json("config.json", mine)
 
   def write_json(self, name: str, value) -> str:
-    return _write_json(os.path.join(self.path, name), value)
+    path = os.path.join(self.path, name)
+    return _write_json(path, value) if distributed.is_main() else path
 
   def read_json(self, name: str, default=None):
     path = os.path.join(self.path, name)
     if not os.path.exists(path):
       return default
-    with open(path) as f:
-      return json.load(f)
+    try:
+      with open(path) as f:
+        return json.load(f)
+    except (OSError, ValueError) as e:
+      raise ValueError(
+          f"{path} is unreadable ({type(e).__name__}: {e}); delete it to "
+          "recompute what it held (the checkpoints are kept)") from e
 
   def log(self, step: int, phase: str, **values):
     """Appends one metrics line (and TensorBoard scalars when available)."""
+    if not self.main:
+      return
     record = {"step": int(step), "phase": phase, "time": time.time()}
     record.update({k: _plain(v) for k, v in values.items()})
-    with open(os.path.join(self.path, "metrics.jsonl"), "a") as f:
-      f.write(json.dumps(record) + "\n")
+    self._metrics.append(record)  # Marks an older line of (phase, step).
     if self._tb is not None:
       for k, v in values.items():
         if isinstance(v, (int, float)):
@@ -191,7 +189,20 @@ def _tensorboard(path):
 # value that reproduces what older rxjax did: a run started before a field
 # existed resumes when the field is left at that value.
 _ADDED_FIELDS = {"chip.pair_subtraction": "digital",
+                 **{f"chip.{k}": v for k, v in validate.chip_defaults().items()
+                    if k not in ("tile_size", "r_min_ohm", "r_max_ohm",
+                                 "device_bits", "weight_bits", "signed",
+                                 "sigma", "r_row_ohm", "r_col_ohm",
+                                 "r_source_ohm", "r_sense_ohm", "input_bits",
+                                 "dac_bits", "dac_model", "adc_bits",
+                                 "pair_subtraction", "inputs")},
                  "retrain.gain_correction": "none"}
+
+
+# Where a run is placed, not what it computes: a work directory resumes with
+# another device count or job layout (checkpoints are restored onto the
+# current mesh).
+_PLACEMENT_FIELDS = ("num_devices", "distributed")
 
 
 def _fill_added_fields(stored: dict) -> None:
@@ -226,9 +237,10 @@ class Progress:
   """Prints `phase: 42% 120/288 steps, 35.1 steps/s, ETA 5s` now and then."""
 
   def __init__(self, phase: str, total: int, unit: str = "steps",
-               every_s: float = 5.0, stream=sys.stdout):
+               every_s: float = 5.0, stream=None):
     self.phase, self.total, self.unit = phase, total, unit
-    self.every_s, self.stream = every_s, stream
+    self.every_s = every_s
+    self.stream = sys.stdout if stream is None else stream  # At call time.
     self.start = self.last = time.time()
     self.done = 0
 
@@ -265,11 +277,22 @@ class Setup:
   model: nn.Module
   data: data_lib.Dataset
   calib: np.ndarray  # Calibration images (training set).
+  # The devices the run uses (`config.num_devices`; default all): the
+  # training batch, the test batches and the Monte-Carlo chips are split
+  # over its one axis.
+  mesh: jax.sharding.Mesh | None = None
+
+  def __post_init__(self):
+    if self.mesh is None:
+      self.mesh = distributed.make_mesh()
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
   data = data_lib.load(config.dataset, data_dir=config.data_dir,
                        seed=config.seed, image_size=config.image_size)
+  for name in ("x_train", "x_test"):
+    finite.check(f"{config.dataset}.{name}", getattr(data, name),
+                 f"images of dataset {config.dataset!r}")
   if data.name == "synthetic":
     print("  data: SYNTHETIC random images (smoke test only; accuracies "
           "mean nothing)", flush=True)
@@ -277,7 +300,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   rng = np.random.default_rng(config.seed)
   idx = rng.choice(len(data.x_train), min(config.eval.calibration_size,
                                           len(data.x_train)), replace=False)
-  return Setup(model, data, data.x_train[np.sort(idx)])
+  mesh = distributed.make_mesh(config.get("num_devices"))
+  return Setup(model, data, data.x_train[np.sort(idx)], mesh)
 
 
 def init_variables(model, x, seed) -> dict:
@@ -304,23 +328,30 @@ def _optimizer(config, steps_per_epoch, epochs, learning_rate):
 
 
 def _cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                         labels).mean()
+  """Mean over the rows with a label >= 0 (-1: padding of a short batch,
+  `distributed.global_batches`)."""
+  real = labels >= 0
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.where(real, labels, 0))
+  return jnp.sum(jnp.where(real, ce, 0)) / jnp.maximum(jnp.sum(real), 1)
 
 
-def _restore_or(manager, fresh, what: str):
-  """(state, epoch) from the latest checkpoint, or (fresh, 0)."""
+def _accuracy(logits, labels):
+  """Fraction correct of the rows with a label >= 0."""
+  real = labels >= 0
+  return jnp.sum((jnp.argmax(logits, -1) == labels) & real) / jnp.maximum(
+      jnp.sum(real), 1)
+
+
+def _restore_or(manager, fresh, what: str, workdir: Workdir | None = None):
+  """(state, epoch) from the latest checkpoint, or (fresh, 0); verified
+  against its checksum (`rxjax.checkpoints`)."""
   step = manager.latest_step()
   if step is None:
     return fresh, 0
-  try:
-    state = manager.restore(step, args=ocp.args.StandardRestore(fresh))
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(
-        f"cannot restore the {what} checkpoint at epoch {step} in "
-        f"{manager.directory}: it is corrupt or does not match this config "
-        f"({type(e).__name__}: {str(e)[:300]}). Use another --workdir, or "
-        "delete that checkpoint directory to start the phase over") from e
+  state, digest = ckpt.restore(manager, step, fresh, what=what)
+  if workdir is not None:
+    workdir.checkpoints[what] = {"step": int(step), "sha256": digest}
   return state, int(step)
 
 
@@ -332,7 +363,7 @@ def _checkpoints(workdir: Workdir, phase: str):
 
 def train_step(model, opt: optax.GradientTransformation,
                spec: crossbar.Spec | None = None, *, has_stats: bool = False,
-               program: bool = False):
+               program: bool = False, mesh: jax.sharding.Mesh | None = None):
   """The jitted training step that `train` runs.
 
   `step(state, chips, x, y) -> (state, chips, loss, accuracy)` with `state =
@@ -346,6 +377,12 @@ def train_step(model, opt: optax.GradientTransformation,
   calibrated on `x`: TxSim's exact FCM) in its own forward pass, which
   equals `nn.program` followed by the step without a second pass over the
   batch. Benchmarks time this function.
+
+  Data-parallel over `mesh` (DESIGN 6): pass `x` and `y` split over its
+  axis (`distributed.global_batches`) and the rest replicated; every output
+  comes back replicated, so XLA's collectives (the all-reduce GSPMD
+  inserts) sum the gradient across devices and every device applies the
+  same update. Labels -1 mark padding rows, which count for nothing.
   """
   mutable = ["batch_stats"] if has_stats else []
   if program and spec is None:
@@ -366,7 +403,6 @@ def train_step(model, opt: optax.GradientTransformation,
                               mutable=mutable, **kw)
     return _cross_entropy(logits, y), (logits, new)
 
-  @jax.jit
   def step(state, chips, x, y):
     variables, opt_state = state["variables"], state["opt_state"]
     (loss, (logits, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -377,10 +413,12 @@ def train_step(model, opt: optax.GradientTransformation,
     if has_stats:
       variables["batch_stats"] = new["batch_stats"]
     chips = new[rnn.COLLECTION] if program else new.get(rnn.COLLECTION, chips)
-    acc = jnp.mean(jnp.argmax(logits, -1) == y)
+    acc = _accuracy(logits, y)
     return {"variables": variables, "opt_state": opt_state}, chips, loss, acc
 
-  return step
+  if mesh is None:
+    return jax.jit(step)
+  return jax.jit(step, out_shardings=distributed.replicated(mesh))
 
 
 def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
@@ -419,21 +457,29 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     opt = optax.chain(opt, optim.apply_device_response(
         update, spec.device if spec is not None else None,
         key=jax.random.PRNGKey(config.seed + 1)))
-  fresh = {"variables": variables, "opt_state": opt.init(
-      variables["params"])}
+  mesh = run.mesh
+  fresh = distributed.replicate(
+      {"variables": variables, "opt_state": opt.init(variables["params"])},
+      mesh)
   manager = _checkpoints(workdir, phase)
-  state, start = _restore_or(manager, fresh, phase)
+  state, start = _restore_or(manager, fresh, phase, workdir)
   if start:
     print(f"  {phase}: resumed after epoch {start}", flush=True)
+    # Lines of the epoch the killed run did not finish: redone now.
+    if workdir.main:
+      workdir._metrics.supersede(  # pylint: disable=protected-access
+          lambda r: r.get("phase") in (phase, f"{phase}/steps")
+          and r.get("step", 0) > start * steps_per_epoch)
   has_stats = "batch_stats" in variables
-  step = train_step(model, opt, spec, has_stats=has_stats)
+  step = train_step(model, opt, spec, has_stats=has_stats, mesh=mesh)
   exact_step = None
   if spec is not None and program_every:
     exact_step = train_step(model, opt, spec, has_stats=has_stats,
-                            program=True)
+                            program=True, mesh=mesh)
 
   program = None
-  chip_key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
+  chip_key = distributed.replicate(
+      jax.random.fold_in(jax.random.key(config.seed), 1_000_003), mesh)
   if spec is not None:
     program = functools.partial(program_fn(model, spec), key=chip_key)
   progress = Progress(phase, (epochs - start) * steps_per_epoch)
@@ -444,8 +490,9 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     if program is not None and not program_every:
       chips = program(state["variables"], run.calib)
     losses, accs = [], []
-    for i, (x, y) in enumerate(data_lib.batches(
-        data.x_train, data.y_train, config.batch_size, key_or_seed=key)):
+    for i, (x, y) in enumerate(distributed.global_batches(
+        mesh, data.x_train, data.y_train, config.batch_size,
+        key_or_seed=key)):
       if exact_step is not None and i % program_every == 0:
         state, chips, loss, acc = exact_step(state, chip_key, x, y)
       else:
@@ -460,15 +507,20 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     test = accuracy(model, state["variables"], data, spec,
                     chips=None if spec is None else program(
                         state["variables"], run.calib),
-                    batch_size=config.eval.batch_size)
+                    batch_size=config.eval.batch_size, mesh=mesh)
     metrics = dict(epoch=epoch + 1, loss=float(np.mean(losses)),
                    train_accuracy=float(np.mean(accs)), test_accuracy=test)
+    if not math.isfinite(metrics["loss"]):
+      raise FloatingPointError(
+          f"{phase}: the training loss is {metrics['loss']} in epoch "
+          f"{epoch + 1}: training diverged (not checkpointed); lower the "
+          "learning rate (`learning_rate` / `retrain.learning_rate`)")
     workdir.log((epoch + 1) * steps_per_epoch, phase, **metrics)
     print(f"  {phase}: epoch {epoch + 1}/{epochs} loss "
           f"{metrics['loss']:.4f} train {metrics['train_accuracy']:.4f} "
           f"test {test:.4f}", flush=True)
-    manager.save(epoch + 1, args=ocp.args.StandardSave(state))
-    manager.wait_until_finished()
+    digest = ckpt.save(manager, epoch + 1, state)  # With its checksum.
+    workdir.checkpoints[phase] = {"step": epoch + 1, "sha256": digest}
     if on_epoch is not None:
       on_epoch(epoch + 1, state["variables"])
   manager.close()
@@ -480,22 +532,31 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
 
 
 def accuracy(model, variables, data, spec, *, chips=None, key=None,
-             batch_size: int = 500) -> float:
-  """Test accuracy, digital (spec None) or on programmed chips."""
+             batch_size: int = 500,
+             mesh: jax.sharding.Mesh | None = None) -> float:
+  """Test accuracy, digital (spec None) or on programmed chips.
+
+  The test batches are split over `mesh` (None: every device), each
+  process loading its share; every test image counts exactly once.
+  """
+  del key
   if spec is not None and chips is None:
     raise ValueError("`chips` are needed with a spec (rxjax.nn.program)")
-  fn = _logits_fn(model, spec)
+  mesh = distributed.make_mesh() if mesh is None else mesh
+  fn = _correct_fn(model, spec, mesh)
+  variables, chips = distributed.on_mesh((variables, chips), mesh)
   correct = 0
-  for x, y in data_lib.batches(data.x_test, data.y_test, batch_size,
-                               key_or_seed=0, shuffle=False):
-    logits = fn(variables, chips, x)
-    correct += int(jnp.sum(jnp.argmax(logits, -1) == y))
-  return correct / len(data.y_test)
+  for x, y in distributed.global_batches(mesh, data.x_test, data.y_test,
+                                         batch_size, key_or_seed=0,
+                                         shuffle=False):
+    correct += fn(variables, chips, x, y)
+  return int(correct) / len(data.y_test)
 
 
 # A few compiled programs per process, not one per chip setting forever:
-# a sweep over 21 chips exhausted the process's memory mappings (LLVM
-# "Unable to allocate section memory") while every program was kept.
+# every kept program holds its own executable mappings, and a long sweep
+# over chip settings would exhaust them (LLVM "Unable to allocate section
+# memory").
 _COMPILED = 8
 
 
@@ -507,50 +568,119 @@ def program_fn(model, spec):
 
 
 @functools.lru_cache(maxsize=_COMPILED)
-def _logits_fn(model, spec):
-  """Compiled once per (model, spec), not once per evaluation."""
-  return jax.jit(lambda v, c, x: rnn.apply(model, v, c, x, spec))
+def _correct_fn(model, spec, mesh):
+  """`(variables, chips, x, y) -> images correct` (labels -1 skipped),
+  replicated over `mesh`; compiled once per (model, spec, mesh)."""
+  def correct(v, c, x, y):
+    logits = rnn.apply(model, v, c, x, spec)
+    return jnp.sum((jnp.argmax(logits, -1) == y) & (y >= 0))
+  return jax.jit(correct, out_shardings=distributed.replicated(mesh))
 
 
-def evaluate_on_chip(run: Setup, variables, spec, *, key) -> float:
+def evaluate_on_chip(run: Setup, variables, spec, *, key,
+                     energy: dict | None = None) -> float:
   """Programs one chip instance (calibrated on the run's calibration set)
-  and returns its test accuracy."""
+  and returns its test accuracy; fills `energy` (if given) with
+  `chip_energy` of the same programmed chip."""
   chips = program_fn(run.model, spec)(variables, run.calib, key=key)
-  return accuracy(run.model, variables, run.data, spec, chips=chips)
+  if energy is not None:
+    energy.update(chip_energy(run, variables, spec, chips=chips))
+  return accuracy(run.model, variables, run.data, spec, chips=chips,
+                  mesh=run.mesh)
+
+
+@functools.lru_cache(maxsize=_COMPILED)
+def _chips_fns(model, spec, mesh, per: int):
+  """`evaluate_chips`' two programs for `per` chips on each device of
+  `mesh`: `program(key, variables, x) -> chips` (chip `i` from
+  `fold_in(key, i)`, the chip axis split over the mesh) and `count(chips,
+  variables, x, y) -> [chips] images correct` (replicated)."""
+  axis = distributed.AXIS
+  P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
+
+  def program_share(key, v, x):
+    ids = jax.lax.axis_index(axis) * per + jnp.arange(per)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, ids)
+    return jax.vmap(lambda k: rnn.program(model, v, x, spec, key=k))(keys)
+
+  def correct_share(chips, v, x, y):
+    logits = jax.vmap(lambda c: rnn.apply(model, v, c, x, spec))(chips)
+    return jnp.sum(jnp.argmax(logits, -1) == y, axis=-1)
+
+  # Weights and images are arguments, not closed-over constants: XLA would
+  # constant-fold everything that does not depend on the chip key (the
+  # calibration images' patches and statistics), slowly, at compile time.
+  program = jax.jit(jax.shard_map(
+      program_share, mesh=mesh, in_specs=(P(), P(), P()),
+      out_specs=P(axis), check_vma=False))
+  count = jax.jit(jax.shard_map(
+      correct_share, mesh=mesh, in_specs=(P(axis), P(), P(), P()),
+      out_specs=P(axis), check_vma=False),
+                  out_shardings=distributed.replicated(mesh))
+  return program, count
+
+
+# Calibration images whose layer inputs drive the array term of the energy.
+_ENERGY_IMAGES = 16
+
+
+def chip_energy(run: Setup, variables, spec, *, chips=None, key=None) -> dict:
+  """Energy, latency and area per image of the network on the chip
+  (`rxjax.energy.estimate`, ISAAC's components), as `summary.json` keeps
+  it. The array term uses the programmed `chips` (or programs one with
+  `key`) and the floating-point layer inputs of a few calibration images
+  (one compile serves every chip of the run).
+  """
+  if chips is None:
+    chips = program_fn(run.model, spec)(variables, run.calib, key=key)
+  jax.block_until_ready(chips)  # The programming is the evaluation's.
+  start = time.perf_counter()
+  report = energy_lib.estimate(run.model, variables,
+                               run.calib[:_ENERGY_IMAGES], spec, key=None,
+                               chips=chips, inputs="digital")
+  return {**report.summary(), "seconds": time.perf_counter() - start}
+
+
+def _print_energy(mode: str, name: str, e: dict) -> None:
+  parts = ", ".join(f"{k} {v * 1e6:.4g}" for k, v in
+                    e["breakdown_j_per_image"].items()
+                    if k not in ("buffer_read", "buffer_write"))
+  print(f"  energy {mode} {name}: {e['j_per_image'] * 1e6:.4g} uJ/image "
+        f"({parts} uJ), {e['s_per_image'] * 1e6:.4g} us/image, "
+        f"{e['area_mm2']:.4g} mm^2 (estimated in {e['seconds']:.2f} s)",
+        flush=True)
 
 
 def evaluate_chips(run: Setup, variables, spec, *, key, n: int,
                    batch_size: int = 500) -> dict:
-  """Accuracy over `n` chip instances (one vmapped call per test batch).
+  """Accuracy over `n` chip instances, the chips split over `run.mesh`.
 
-  Chip `i` is programmed with `fold_in(key, i)`: the same key gives the
-  same chips. Each test batch is split into sub-batches of `batch_size / n`
-  images (at least 1) so that the `n` chips' currents fit in memory.
+  Chip `i` is programmed with `fold_in(key, i)` wherever it is solved: the
+  same key gives the same chips on any device count. The `n` chips are
+  padded to a multiple of the mesh size (the extra chips are programmed
+  and dropped); each device programs and reads its share, vmapped, on
+  every test image. Each test batch is split into sub-batches of
+  `batch_size / (chips per device)` images (at least 1) so that a device's
+  chips' currents fit in memory.
 
   Returns:
     {"n", "mean", "std", "min", "max", "accuracies"}.
   """
-  keys = jnp.stack([jax.random.fold_in(key, i) for i in range(n)])
-  # Weights and images are arguments, not closed-over constants: XLA would
-  # constant-fold everything that does not depend on the chip key (the
-  # calibration images' patches and statistics), slowly, at compile time.
-  program = jax.jit(jax.vmap(
-      lambda k, v, x: rnn.program(run.model, v, x, spec, key=k),
-      in_axes=(0, None, None)))
-  chips = program(keys, variables, run.calib)
-  logits = jax.jit(jax.vmap(
-      lambda c, v, x: rnn.apply(run.model, v, c, x, spec),
-      in_axes=(0, None, None)))
-  sub = max(1, batch_size // n)
-  correct = np.zeros(n)
+  mesh = run.mesh
+  per = distributed.padded_size(n, distributed.mesh_size(mesh)) // (
+      distributed.mesh_size(mesh))
+  program, count = _chips_fns(run.model, spec, mesh, per)
+  key, variables = distributed.on_mesh((key, variables), mesh)
+  chips = program(key, variables, run.calib)
+  sub = max(1, batch_size // per)
+  correct = 0
   data = run.data
   progress = Progress(f"{n} chips", len(data.y_test), unit="images")
   for x, y in data_lib.batches(data.x_test, data.y_test, sub,
                                key_or_seed=0, shuffle=False):
-    out = logits(chips, variables, x)
-    correct += np.asarray(jnp.sum(jnp.argmax(out, -1) == y, axis=-1))
+    correct += count(chips, variables, x, y)
     progress.update(len(y))
-  acc = correct / len(data.y_test)
+  acc = np.asarray(correct)[:n] / len(data.y_test)
   return {"n": n, "mean": float(acc.mean()), "std": float(acc.std()),
           "min": float(acc.min()), "max": float(acc.max()),
           "accuracies": acc.tolist()}
@@ -581,8 +711,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   table.
   """
   start = time.time()
-  wd = Workdir(workdir, config)
+  # Every field and every spec the run needs, before data or work directory
+  # (config.json is written only once the config is valid).
+  plan = validate.check(config)
+  if config.mode == "retrain":
+    _digital_source(config, workdir)  # Exists before any work.
   run = setup(config)
+  wd = Workdir(workdir, config)
   print(f"  data: {run.data.name}, {len(run.data.y_train)} train / "
         f"{len(run.data.y_test)} test images; model: {config.model}",
         flush=True)
@@ -593,43 +728,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     variables = train(config, run, wd, phase="digital",
                       epochs=config.num_epochs,
                       learning_rate=config.learning_rate)
-  elif config.mode == "retrain":
+  else:  # "retrain" (validate.check knows the modes).
     variables = _load_digital(config, run, wd)
-  else:
-    raise ValueError(f"`mode` must be 'digital', 'retrain' or 'txsim', got "
-                     f"{config.mode!r}")
   summary = {"fp32": wd.result("fp32", lambda: accuracy(
-      run.model, variables, run.data, None))}
+      run.model, variables, run.data, None, mesh=run.mesh))}
   summary["ideal"], summary["nonideal"] = {}, {}
+  summary["energy"] = {"ideal": {}, "nonideal": {}}
   for size in config.eval.tile_sizes:
     name = _cross(size)
-    for mode, variation in (("ideal", False), ("nonideal", False)):
-      spec = rnn.mode_spec(mode, chip_spec(config.chip, tile_size=size,
-                                           variation=variation))
+    for mode in ("ideal", "nonideal"):
+      spec = plan.eval_specs[(mode, size)]
+      energy = {}
       summary[mode][name] = wd.result(f"{mode}/{name}", lambda: (
           evaluate_on_chip(run, variables, spec,
-                           key=jax.random.fold_in(key, size))))
+                           key=jax.random.fold_in(key, size), energy=energy)))
       print(f"  {mode} {name}: {summary[mode][name]:.4f}", flush=True)
-      wd.log(0, f"eval/{mode}", **{name: summary[mode][name]})
+      summary["energy"][mode][name] = wd.result(
+          f"energy/{mode}/{name}", lambda: energy or chip_energy(
+              run, variables, spec, key=jax.random.fold_in(key, size)))
+      _print_energy(mode, name, summary["energy"][mode][name])
+      wd.log(0, f"eval/{mode}/{name}", accuracy=summary[mode][name])
   final = variables
-  size = config.retrain.tile_size
-  spec = retrain_spec(config, tile_size=size, variation=False)
+  size = plan.retrain_size  # retrain.tile_size, or chip.tile_size.
+  spec = plan.retrain_spec
   if config.retrain.num_epochs > 0:
     final = train(config, run, wd, phase="retrain",
                   epochs=config.retrain.num_epochs,
                   learning_rate=config.retrain.learning_rate, spec=spec,
                   init=variables)
+    energy = {}
     summary["retrained"] = {_cross(size): wd.result(
         f"retrained/{_cross(size)}", lambda: evaluate_on_chip(
-            run, final, spec, key=jax.random.fold_in(key, size)))}
+            run, final, spec, key=jax.random.fold_in(key, size),
+            energy=energy))}
     print(f"  retrained {_cross(size)}: "
           f"{summary['retrained'][_cross(size)]:.4f}", flush=True)
+    summary["energy"]["retrained"] = {_cross(size): wd.result(
+        f"energy/retrained/{_cross(size)}", lambda: energy or chip_energy(
+            run, final, spec, key=jax.random.fold_in(key, size)))}
+    _print_energy("retrained", _cross(size),
+                  summary["energy"]["retrained"][_cross(size)])
   if config.eval.num_chips > 0:
-    # The re-trained network on the chips it was re-trained for (with their
-    # gain correction); the digital one on the plain chips.
-    chips_spec = (retrain_spec(config, tile_size=size)
-                  if config.retrain.num_epochs > 0 else
-                  chip_spec(config.chip, tile_size=size))
+    chips_spec = plan.chips_spec
     summary["chips"] = wd.result("chips", lambda: evaluate_chips(
         run, final, chips_spec, key=jax.random.fold_in(key, 10_000),
         n=config.eval.num_chips, batch_size=config.eval.batch_size))
@@ -637,6 +777,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     summary["chips"]["network"] = ("retrained" if
                                    config.retrain.num_epochs > 0 else
                                    "digital")
+  summary["checkpoints"] = wd.checkpoints  # What the numbers came from.
+  summary["devices"] = distributed.devices_info(run.mesh)
   summary["seconds"] = time.time() - start
   wd.write_json("summary.json", summary)
   print(table(summary))
@@ -646,20 +788,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def txsim_specs(config) -> dict:
-  """Cross-Ideal and Cross-NI (spec, update) pairs of a txsim config."""
-  t = config.txsim
-  spec = chip_spec(config.chip).replace(backward="transposed_read")
-  if t.g_eff == "none":
-    spec = spec.replace(wires=circuit.Wires.ideal())
-  elif t.g_eff == "aam":
-    spec = spec.replace(solver="aam", aam_paths=t.aam_paths)
-  elif t.g_eff not in ("exact", "interpolated"):
-    raise ValueError(f"`txsim.g_eff` must be 'exact', 'interpolated', 'aam' "
-                     f"or 'none', got {t.g_eff!r}")
-  return {
-      "cross_ideal": (spec.cross_ideal(), device_lib.UpdateSpec.ideal()),
-      "cross_ni": (spec, device_lib.UpdateSpec(nu=t.nu, gamma=t.gamma)),
-  }
+  """Cross-Ideal and Cross-NI (spec, update) pairs of a txsim config
+  (`validate.txsim_plan`: errors name the config field)."""
+  return validate.txsim_plan(config)
+
+
+def _txsim_accuracy(config, run: Setup, variables, spec) -> float:
+  """A network trained on a chip, evaluated on that chip (forward reads;
+  the backward pass does not matter here)."""
+  return evaluate_on_chip(
+      run, variables, spec.replace(backward="straight_through"),
+      key=jax.random.fold_in(jax.random.key(config.seed), 1_000_003))
 
 
 def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
@@ -670,23 +809,25 @@ def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
   digital = train(config, run, wd, phase="digital", epochs=config.num_epochs,
                   learning_rate=config.learning_rate)
   summary["digital"] = wd.result("digital", lambda: accuracy(
-      run.model, digital, run.data, None))
+      run.model, digital, run.data, None, mesh=run.mesh))
   for name, (spec, update) in txsim_specs(config).items():
     variables = train(config, run, wd, phase=name, epochs=config.num_epochs,
                       learning_rate=config.learning_rate, spec=spec,
                       update=update, program_every=every)
-    summary[name] = wd.result(name, lambda: evaluate_on_chip(
-        run, variables, spec.replace(backward="straight_through"),
-        key=jax.random.fold_in(jax.random.key(config.seed), 1_000_003)))
+    summary[name] = wd.result(name, lambda: _txsim_accuracy(
+        config, run, variables, spec))
     print(f"  {name}: {summary[name]:.4f}", flush=True)
+  summary["checkpoints"] = wd.checkpoints
+  summary["devices"] = distributed.devices_info(run.mesh)
   summary["seconds"] = time.time() - start
   wd.write_json("summary.json", summary)
-  curves = plots.training_curves(
-      wd.path, {"digital": "digital", "cross_ideal": "Cross-Ideal",
-                "cross_ni": "Cross-NI"},
-      title=f"{config.model} trained on crossbars (TxSim): nu = {t.nu}, "
-      f"gamma = {t.gamma}, G_eff {t.g_eff}")
-  print(f"  wrote {curves}")
+  if wd.main:
+    curves = plots.training_curves(
+        wd.path, {"digital": "digital", "cross_ideal": "Cross-Ideal",
+                  "cross_ni": "Cross-NI"},
+        title=f"{config.model} trained on crossbars (TxSim): nu = {t.nu}, "
+        f"gamma = {t.gamma}, G_eff {t.g_eff}")
+    print(f"  wrote {curves}")
   print("| trained on | test accuracy |\n|---|---|\n" + "\n".join(
       f"| {k} | {summary[k]:.4f} |" for k in ("digital", "cross_ideal",
                                                "cross_ni")))
@@ -708,41 +849,96 @@ def _latest_variables(path: str, fresh) -> tuple[dict, int] | None:
   try:
     if step is None:
       return None
-    try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore())
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"cannot read checkpoint {path}/{step}: corrupt "
-                       f"({type(e).__name__}: {str(e)[:300]})") from e
+    restored, digest = ckpt.restore(manager, step)  # Checksum verified.
   finally:
     manager.close()
   variables = jax.tree.map(jnp.asarray, dict(restored["variables"]))
   if (jax.tree.structure(variables) != jax.tree.structure(fresh)
       or jax.tree.map(jnp.shape, variables) != jax.tree.map(jnp.shape,
                                                             fresh)):
-    raise ValueError(f"checkpoint {path}/{step} does not match the model of "
-                     "this config")
+    raise ckpt.CheckpointError(f"checkpoint {path}/{step} does not match "
+                               "the model of this config")
+  finite.check("variables", variables, f"weights of checkpoint {path}/{step}",
+               "the training that wrote it diverged: train again with a "
+               "lower learning rate, or delete that step directory to use "
+               "the previous checkpoint")
+  _LOADED[os.path.abspath(path)] = {"step": int(step), "sha256": digest}
   return variables, step
 
 
-def _load_digital(config, run: Setup, wd: Workdir):
-  source = config.init_workdir or wd.path
+# {checkpoint directory: {"step", "sha256"}} of what `_latest_variables`
+# loaded: eval.json and summary.json name the checkpoint they came from.
+_LOADED = {}
+
+
+def _digital_source(config, workdir: str) -> str:
+  """The digital checkpoint directory that mode "retrain" starts from.
+
+  Raises:
+    FileNotFoundError: it has no checkpoint (checked before any work).
+  """
+  source = config.init_workdir or workdir
   path = os.path.join(os.path.abspath(source), "checkpoints", "digital")
+  if "digital" not in resume.finished_phases(os.path.abspath(source)):
+    raise FileNotFoundError(
+        f"mode 'retrain' needs a digital checkpoint: {path} has none (set "
+        "--config.init_workdir to the work directory of a digital run)")
+  return path
+
+
+def _load_digital(config, run: Setup, wd: Workdir):
+  path = _digital_source(config, wd.path)
   fresh = init_variables(run.model, run.data.x_train, config.seed)
   found = _latest_variables(path, fresh)
   if found is None:
     raise FileNotFoundError(
         f"mode 'retrain' needs a digital checkpoint: {path} has none (set "
         "--config.init_workdir to the work directory of a digital run)")
-  return found[0]
+  wd.checkpoints["digital"] = {"path": path, **_LOADED[path]}
+  return distributed.replicate(found[0], run.mesh)
+
+
+# The checkpoint phase(s) whose networks each mode produces, as eval.py
+# evaluates them.
+_EVAL_PHASES = {"digital": ("digital",), "retrain": ("retrain",),
+                "txsim": ("digital", "cross_ideal", "cross_ni")}
+
+
+def _load_phase(wd: str, phase: str, fresh, mode: str):
+  """(variables, "phase (epoch n)", {"phase", "step", "sha256"}) of a
+  phase's latest checkpoint; a clear error naming the directory when it has
+  none."""
+  path = os.path.join(wd, "checkpoints", phase)
+  found = _latest_variables(path, fresh)
+  if found is None:
+    there = sorted(p for p in os.listdir(os.path.join(wd, "checkpoints"))
+                   if os.path.isdir(os.path.join(wd, "checkpoints", p)))
+    raise FileNotFoundError(
+        f"mode {mode!r} evaluates the {phase!r} network, but {path} holds no "
+        f"checkpoint (this work directory has: {', '.join(there) or 'none'}); "
+        "run train.py with this config and --workdir first, or set "
+        "--config.mode to the mode the directory was trained in")
+  variables, step = found
+  network = f"{phase} (epoch {step})"
+  print(f"  loaded {network} from {path}", flush=True)
+  return variables, network, {"phase": phase, **_LOADED[os.path.abspath(path)]}
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """`eval.py`: the latest checkpoint as fp32, ideal, non-ideal, N chips.
+  """`eval.py`: the network(s) the config's mode produced, from the latest
+  checkpoints of the work directory.
 
-  Uses the re-trained network when the work directory has one, else the
-  digital one. Writes `eval.json` and prints a Markdown table.
+  mode "digital": the digital network; mode "retrain": the re-trained one
+  (both as fp32, ideal, non-ideal and over `eval.num_chips` chips). mode
+  "txsim": the digital network in fp32 and the networks trained on the
+  Cross-Ideal and Cross-NI chips, each on its own chip, as
+  `"digital"`, `"cross_ideal"` and `"cross_ni"` (as in summary.json).
+  `"network"` / `"networks"` and `"checkpoint"` / `"checkpoints"` (step and
+  checksum) say which checkpoint each came from. Writes `eval.json` and
+  prints a Markdown table.
   """
   start = time.time()
+  plan = validate.check(config, entry="evaluate")
   wd = os.path.abspath(workdir)
   if not os.path.isdir(os.path.join(wd, "checkpoints")):
     raise FileNotFoundError(
@@ -750,32 +946,56 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "--workdir first")
   run = setup(config)
   fresh = init_variables(run.model, run.data.x_train, config.seed)
-  for phase in ("retrain", "digital"):
-    found = _latest_variables(os.path.join(wd, "checkpoints", phase), fresh)
-    if found is not None:
-      variables, step = found
-      network = f"{phase} (epoch {step})"
-      break
-  else:
-    raise FileNotFoundError(f"no checkpoint under {wd}/checkpoints")
+  loaded = {phase: _load_phase(wd, phase, fresh, config.mode)
+            for phase in _EVAL_PHASES[config.mode]}
+  if config.mode == "txsim":
+    variables = loaded["digital"][0]
+    result = {"networks": {p: n for p, (_, n, _) in loaded.items()},
+              "checkpoints": {p: c for p, (_, _, c) in loaded.items()},
+              "digital": accuracy(run.model, variables, run.data, None,
+                                  mesh=run.mesh)}
+    for name, (spec, _) in txsim_specs(config).items():
+      result[name] = _txsim_accuracy(config, run, loaded[name][0], spec)
+      print(f"  {name}: {result[name]:.4f}", flush=True)
+    result["devices"] = distributed.devices_info(run.mesh)
+    result["seconds"] = time.time() - start
+    path = os.path.join(wd, "eval.json")
+    if distributed.is_main():
+      _write_json(path, result)
+    print("| trained on | test accuracy |\n|---|---|\n" + "\n".join(
+        f"| {k} | {result[k]:.4f} |" for k in ("digital", "cross_ideal",
+                                                "cross_ni")))
+    print(f"  wrote {path} ({result['seconds']:.0f} s)")
+    return result
+  (variables, network, checkpoint), = loaded.values()
+  variables = distributed.replicate(variables, run.mesh)
   key = jax.random.key(config.seed)
   size = config.chip.tile_size
   name = _cross(size)
-  result = {"network": network, "fp32": accuracy(run.model, variables,
-                                                 run.data, None)}
+  result = {"network": network, "checkpoint": checkpoint,
+            "fp32": accuracy(run.model, variables, run.data, None,
+                             mesh=run.mesh)}
+  result["energy"] = {}
   for mode in ("ideal", "nonideal"):
-    spec = rnn.mode_spec(mode, chip_spec(config.chip, variation=False))
+    spec = plan.eval_specs[(mode, size)]
+    energy = {}
     result[mode] = {name: evaluate_on_chip(run, variables, spec,
-                                           key=jax.random.fold_in(key, size))}
+                                           key=jax.random.fold_in(key, size),
+                                           energy=energy)}
     print(f"  {mode} {name}: {result[mode][name]:.4f}", flush=True)
+    result["energy"][mode] = {name: energy}
+    _print_energy(mode, name, energy)
   if config.eval.num_chips > 0:
     result["chips"] = evaluate_chips(
-        run, variables, chip_spec(config.chip),
+        run, variables, plan.chips_spec,
         key=jax.random.fold_in(key, 10_000), n=config.eval.num_chips,
         batch_size=config.eval.batch_size)
     result["chips"]["tile_size"] = size
+  result["devices"] = distributed.devices_info(run.mesh)
   result["seconds"] = time.time() - start
-  path = _write_json(os.path.join(wd, "eval.json"), result)
+  path = os.path.join(wd, "eval.json")
+  if distributed.is_main():
+    _write_json(path, result)
   print(table(result))
   print(f"  wrote {path} ({result['seconds']:.0f} s)")
   return result

@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 
 from rxjax import crossbar
+from rxjax import finite
 
 Spec = crossbar.Spec
 MODES = ("digital", "ideal", "nonideal")
@@ -744,14 +745,22 @@ def program(model: nn.Module, variables, x, spec: Spec | None, *, key,
     **apply_kwargs: passed to `model.apply` (e.g. `train=False`).
 
   Returns:
-    The "chips" collection, to pass to `apply`.
+    The "chips" collection, to pass to `apply`. Under jit, a non-finite
+    weight or calibration input makes every array of every chip NaN (so
+    every read is NaN; `rxjax.finite.status(chips)` tells).
+
+  Raises:
+    ValueError: a weight or a calibration input is NaN or inf (outside
+      jit); the message names the variable.
   """
   if spec is None:
     return {}
   variables = {k: v for k, v in variables.items() if k != COLLECTION}
+  ok = finite.all_true(finite.check("variables", variables),
+                       finite.check("x", x, "calibration batch"))
   _, state = _apply_programming(model, variables, x, spec, key, {}, [],
                                 apply_kwargs)
-  return state[COLLECTION]
+  return finite.poison(state[COLLECTION], ok)
 
 
 def apply(model: nn.Module, variables, chips, x, spec: Spec | None, *,

@@ -25,7 +25,8 @@ def read_metrics(path: str) -> dict[str, dict[str, list]]:
         record = json.loads(line)
       except json.JSONDecodeError:
         continue
-      if not isinstance(record, dict) or "phase" not in record:
+      if not isinstance(record, dict) or "phase" not in record or (
+          record.get("superseded")):  # Redone after a resume.
         continue
       latest.setdefault(record["phase"], {})[int(record["step"])] = record
   out = {}

@@ -24,3 +24,9 @@ if os.environ.get("RXJAX_TEST_OPTIMIZED") != "1":
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+import rxjax  # noqa: E402
+
+# The suite runs with the host settings that train.py and eval.py use
+# (`import rxjax` alone applies none; tests/host_test.py checks both).
+rxjax.tune_host()

@@ -129,16 +129,30 @@ def test_a_different_config_in_the_same_workdir_is_refused(finished):
 
 def test_a_workdir_from_before_a_field_existed_resumes_at_its_old_value(
     tmp_path):
-  # config.json written before `chip.pair_subtraction` existed.
+  # config.json written before `chip.pair_subtraction` (and the chip fields
+  # of every other Spec field) existed, with a finished re-training that
+  # reads them.
+  from rxjax import validate
   stored = json.loads(_config().to_json_best_effort())
-  del stored["chip"]["pair_subtraction"]
+  old = ("tile_size", "r_min_ohm", "r_max_ohm", "device_bits", "weight_bits",
+         "signed", "sigma", "r_row_ohm", "r_col_ohm", "r_source_ohm",
+         "r_sense_ohm", "input_bits", "dac_bits", "dac_model", "adc_bits",
+         "inputs")
+  stored["chip"] = {k: v for k, v in stored["chip"].items() if k in old}
+  stored["retrain"]["tile_size"] = 16  # Spelled out before it was derived.
   with open(tmp_path / "config.json", "w") as f:
     json.dump(stored, f)
+  os.makedirs(tmp_path / "checkpoints" / "retrain" / "1")
   experiment.Workdir(str(tmp_path), _config())  # "digital": what it ran.
-  changed = _config()
-  changed.chip.pair_subtraction = "analog"
-  with pytest.raises(ValueError, match="chip.pair_subtraction"):
-    experiment.Workdir(str(tmp_path), changed)
+  assert not (tmp_path / "superseded").exists()  # Nothing changed.
+  for field, value in (("pair_subtraction", "analog"),
+                       ("adc_calibration", "percentile")):
+    changed = _config()
+    changed.chip[field] = value
+    with pytest.raises(ValueError, match=f"chip.{field}"):
+      experiment.Workdir(str(tmp_path), changed)
+  assert validate.chip_spec(_config().chip) == experiment.chip_spec(
+      validate.chip_defaults() | {"tile_size": 16, "inputs": "non_negative"})
 
 
 def test_eval_restores_the_checkpoint_and_writes_eval_json(finished):
@@ -146,6 +160,17 @@ def test_eval_restores_the_checkpoint_and_writes_eval_json(finished):
   result = experiment.evaluate(_config(), workdir)
   assert result["fp32"] == summary["fp32"]
   assert result["ideal"]["cross16"] == summary["ideal"]["cross16"]
+  # Energy per image of the same chips, in both files (rxjax.energy).
+  for mode in ("ideal", "nonideal"):
+    e, e_train = (result["energy"][mode]["cross16"],
+                  summary["energy"][mode]["cross16"])
+    assert set(e) >= {"j_per_image", "breakdown_j_per_image", "s_per_image",
+                      "area_mm2"}
+    assert e["j_per_image"] == pytest.approx(e_train["j_per_image"],
+                                             rel=1e-6)
+    assert e["j_per_image"] == pytest.approx(sum(
+        v for k, v in e["breakdown_j_per_image"].items()
+        if k not in ("buffer_read", "buffer_write")), rel=1e-12)
   with open(os.path.join(workdir, "eval.json")) as f:
     assert json.load(f)["fp32"] == summary["fp32"]
   assert summary["fp32"] > 0.8  # Digits are easy even for a small MLP.
@@ -182,6 +207,15 @@ def test_retraining_on_the_chip_runs_the_chip_forward(finished, tmp_path):
   assert summary["retrained"]["cross16"] > 0.5  # Chance is 0.1.
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [l["phase"] for l in lines if "epoch" in l] == ["retrain"]
+  # eval.py in mode "retrain" evaluates the re-trained network (the one
+  # training evaluated on the same non-ideal chip), and says so.
+  result = experiment.evaluate(config, str(tmp_path))
+  assert result["network"] == "retrain (epoch 1)"
+  assert result["nonideal"]["cross16"] == summary["retrained"]["cross16"]
+  # This directory holds no digital network: mode "digital" says what it
+  # has instead of evaluating something else.
+  with pytest.raises(FileNotFoundError, match="has: retrain"):
+    experiment.evaluate(_config(), str(tmp_path))
 
 
 def test_chip_spec_reads_every_field():
@@ -212,8 +246,11 @@ def test_a_mistyped_override_fails_loudly(tmp_path):
       [sys.executable, "train.py", "--config=configs/lenet_mnist.py",
        f"--workdir={tmp_path}", "--config.num_epoch=1"],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert out.returncode != 0
-  assert "num_epoch" in out.stderr
+  assert out.returncode == 2
+  # One line, no traceback, with ml_collections' suggestion.
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+  assert "--config.num_epoch=1" in lines[0] and '"num_epochs"' in lines[0]
   assert not os.path.exists(tmp_path / "config.json")
 
 
@@ -245,6 +282,23 @@ def test_txsim_with_every_non_ideality_off_is_digital_sgd(tmp_path):
     # scale). The chip is programmed and calibrated on every batch, so no
     # input clips at the DAC range.
     assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+
+
+def test_eval_of_a_txsim_workdir_evaluates_the_networks_trained_on_chips(
+    tmp_path):
+  """eval.py on a txsim directory: the Cross-Ideal and Cross-NI networks
+  on their chips beside the digital one, the numbers training reported
+  for them (summary.json), and which checkpoint each came from."""
+  config = _txsim_config(dataset="digits")
+  config.txsim.g_eff = "none"  # Ideal wires: no G_eff solves (speed).
+  summary = experiment.train_and_evaluate(config, str(tmp_path))
+  result = experiment.evaluate(config, str(tmp_path))
+  assert result["networks"] == {p: f"{p} (epoch 1)" for p in
+                                ("digital", "cross_ideal", "cross_ni")}
+  for name in ("digital", "cross_ideal", "cross_ni"):
+    assert result[name] == summary[name], name
+  with open(tmp_path / "eval.json") as f:
+    assert json.load(f)["cross_ni"] == summary["cross_ni"]
 
 
 def test_the_programming_step_equals_program_then_step():
