@@ -36,9 +36,12 @@ the devices.
    few chip instances), for both devices.
 3. Fig. 15: RxNN re-training (chip forward, fp32 backward, digital update;
    `experiment.train` with the chip's spec) on the non-ideal chip with the
-   largest loss, with the config's learning rate and a 5x smaller one;
-   accuracy on that chip before and after, and the re-trained network in
-   fp32.
+   largest loss: without the per-column gain correction (rxjax's old
+   re-training) at the config's learning rate, and with it (the config's
+   `retrain.gain_correction`, the default) at that rate and a 5x smaller
+   one; accuracy on that chip before, with the gain correction alone, and
+   after, and the re-trained network in fp32. Several seeds and more chips:
+   `benchmarks/retrain_study.py` (docs/training.md).
 4. For LeNet, how the chip's logits relate to the fp32 ones (least-squares
    gain and residual): the IR drops mostly scale the outputs down, which
    argmax ignores and cross-entropy does not.
@@ -296,7 +299,7 @@ class Network:
       return {"gain": gain, "residual": res, "mean": gain}
     return self.result(name, compute)
 
-  def retrain(self, device, size, learning_rate=None):
+  def retrain(self, device, size, learning_rate=None, gain="none"):
     plan = self.plan
     run = self.run
     if plan.retrain_size and plan.retrain_size < len(run.data.y_train):
@@ -310,7 +313,9 @@ class Network:
     if learning_rate is not None and learning_rate != lr:
       phase += f"_lr{learning_rate:g}"
       lr = learning_rate
-    spec = self.spec(device, size)
+    if gain != "none":
+      phase += f"_gain{gain}"
+    spec = self.spec(device, size).replace(gain_correction=gain)
     variables = self.timed(f"{plan.model}/{phase}", lambda: experiment.train(
         self.config, run, self.wd, phase=phase, epochs=plan.retrain_epochs,
         learning_rate=lr, spec=spec, init=self.variables))
@@ -400,19 +405,35 @@ def study(net: Network) -> list[dict]:
     rows.append(row(net, "15", "before re-training (worst chip)",
                     worst["chip"], worst["accuracy"], fp32, tile=size,
                     device=device.label, variation=0))
-    for lr in (net.config.retrain.learning_rate,) + plan.retrain_extra_lrs:
-      phase, n, variables = net.retrain(device, size, lr)
+    # The digital per-column gain correction alone (no re-training): the
+    # chip's readout calibrated after programming (`Spec.gain_correction`).
+    gain = net.config.retrain.gain_correction
+    spec = net.spec(device, size).replace(gain_correction=gain)
+    acc = net.on_chip(f"nonideal/{device.tag}/cross{size}/gain_{gain}",
+                      spec, size)
+    rows.append(row(net, "15", f"{gain} gain correction, no re-training",
+                    f"{worst['chip']}; {gain} gain fitted at programming",
+                    acc, fp32, tile=size, device=device.label, variation=0))
+    lrs = (net.config.retrain.learning_rate,) + plan.retrain_extra_lrs
+    # Without the correction (rxjax's old re-training) at the config's rate;
+    # with it (the default) at every rate.
+    runs = [("none", lrs[0])] + [(gain, lr) for lr in lrs]
+    for g, lr in runs:
+      phase, n, variables = net.retrain(device, size, lr, gain=g)
       how = (f"{plan.retrain_epochs} epoch(s) on {n} training images "
              f"({plan.retrain_epochs * -(-n // net.config.batch_size)} "
-             f"steps), Adam lr {lr:g} cosine, chip programmed and "
-             "calibrated exactly each epoch")
-      acc = net.on_chip(f"{phase}/nonideal", net.spec(device, size), size,
-                        variables=variables)
-      rows.append(row(net, "15", f"after RxNN re-training, lr {lr:g}",
+             f"steps), Adam lr {lr:g} cosine, gain correction {g}, chip "
+             "programmed and calibrated exactly each epoch")
+      acc = net.on_chip(f"{phase}/nonideal",
+                        net.spec(device, size).replace(gain_correction=g),
+                        size, variables=variables)
+      rows.append(row(net, "15",
+                      f"after RxNN re-training, lr {lr:g}, gain {g}",
                       f"{worst['chip']}; re-trained {how}", acc, fp32,
                       tile=size, device=device.label, variation=0))
       acc = net.fp32(variables, name=f"{phase}/fp32")
-      rows.append(row(net, "15", f"re-trained (lr {lr:g}) network, fp32",
+      rows.append(row(net, "15",
+                      f"re-trained (lr {lr:g}, gain {g}) network, fp32",
                       "none (digital); the network re-trained for "
                       f"{worst['chip']}", acc, fp32))
   return rows
@@ -577,7 +598,8 @@ def plot_steps(path, nets, rows):
         if s.startswith("before"):
           s = f"worst chip: Cross{r['tile_size']},\n{r['device']}"
         elif s.startswith("after"):
-          s = "same chip, re-trained\n" + s.split(", ")[-1]
+          s = "same chip, re-trained\n" + s.replace(
+              "after RxNN re-training, ", "")
         else:
           s = s.replace(" network", "")
       labels.append(s.replace(", ", ",\n"))

@@ -146,4 +146,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Crossbar size re-trained for and of the Monte-Carlo chips (int >= 1);
   # None: chip.tile_size.
   config.retrain.tile_size = config_dict.placeholder(int)
+  # Digital per-column gain of every layer's outputs, fitted each time the
+  # chip is programmed (every epoch): "column" | "none". Without it the IR
+  # drops shrink the analog products against the digital biases and
+  # re-training loses accuracy (docs/training.md).
+  config.retrain.gain_correction = "column"
   return config

@@ -57,6 +57,7 @@ _BACKWARD_MODES = ("straight_through", "transposed_read")
 _INPUTS = ("signed", "non_negative")
 _SOLVERS = ("exact", "aam")
 _PAIR_SUBTRACTIONS = ("digital", "analog")
+_GAIN_CORRECTIONS = ("none", "column")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +97,14 @@ class Spec:
       as in PRIME-style designs; needs differential pairs and `adc.bits`
       None or >= 2). With an ideal DAC an analog read is one product per
       pair, `v @ (G+_eff - G-_eff)`, instead of two.
+    gain_correction: digital gain correction of a layer's outputs, fitted
+      when the layer is programmed (`rxjax.nn.program`): "none" (default)
+      or "column" (one factor per output column, the least-squares fit of
+      the chip's readings of the calibration inputs onto their ideal
+      products, `column_gain`; applied after the digital sum over tiles,
+      before the digital bias). Chips calibrate their readout this way;
+      without it the IR drops shrink the analog products against the
+      digital biases (see docs/training.md).
   """
 
   mapping: mapping_lib.MappingSpec = mapping_lib.MappingSpec()
@@ -109,6 +118,7 @@ class Spec:
   solver: str = "exact"
   aam_paths: int = 3
   pair_subtraction: str = "digital"
+  gain_correction: str = "none"
 
   def __post_init__(self):
     checks = (("mapping", mapping_lib.MappingSpec),
@@ -123,6 +133,8 @@ class Spec:
     _checks.check_choice("solver", self.solver, _SOLVERS)
     _checks.check_choice("pair_subtraction", self.pair_subtraction,
                          _PAIR_SUBTRACTIONS)
+    _checks.check_choice("gain_correction", self.gain_correction,
+                         _GAIN_CORRECTIONS)
     if self.pair_subtraction == "analog":
       if self.mapping.signed != "differential":
         raise ValueError(
@@ -990,6 +1002,39 @@ def _calibrate(chip: Chip, x, spec: Spec) -> Chip:
         _scan_tile_rows(levels, chip, spec, reduce, init, g_eff=g_eff),
         spec.adc)
   return calibrated.replace(adc_full_scale=full.astype(chip.g.dtype))
+
+
+def column_gain(y_chip, y_ideal) -> jax.Array:
+  """Per-column digital gain that maps a chip's readings onto the ideal ones.
+
+  The least-squares fit, column by column, of `y_ideal ~ gain * y_chip`
+  over a calibration batch: `gain_c = <y_chip_c, y_ideal_c> / <y_chip_c,
+  y_chip_c>`. A column that read nothing (or whose fit is not positive)
+  keeps gain 1. This is the digital readout calibration a chip does after
+  programming (one multiplier per ADC column after the shift-and-add):
+  the IR drops of a low-resistance or large tile mostly scale each
+  column's current down (RxNN V-B: up to 0.02x on a 10 kOhm Cross128
+  LeNet-5), while the layer's bias, added digitally, is not scaled.
+
+  Args:
+    y_chip: `[..., fan_out]` the chip's readings of the calibration inputs.
+    y_ideal: same shape, their ideal products `x @ w`.
+
+  Returns:
+    `[fan_out]` gains.
+  """
+  y_chip = jnp.asarray(y_chip)
+  y_ideal = jnp.asarray(y_ideal, y_chip.dtype)
+  if y_chip.shape != y_ideal.shape or y_chip.ndim < 1:
+    raise ValueError(f"`y_chip` and `y_ideal` must have one shape [..., "
+                     f"fan_out], got {y_chip.shape} and {y_ideal.shape}")
+  a = y_chip.reshape(-1, y_chip.shape[-1])
+  b = y_ideal.reshape(-1, y_ideal.shape[-1])
+  num = jnp.sum(a * b, axis=0)
+  den = jnp.sum(a * a, axis=0)
+  tiny = jnp.finfo(a.dtype).tiny
+  ok = (den > tiny) & (num > 0)
+  return jnp.where(ok, num / jnp.where(ok, den, 1), 1).astype(a.dtype)
 
 
 # ---------------------------------------------------------------------------

@@ -70,6 +70,16 @@ from rxjax import validate
 chip_spec = validate.chip_spec
 
 
+def retrain_spec(config: ml_collections.ConfigDict, **kwargs) -> crossbar.Spec:
+  """The chip re-training runs on: `chip_spec(config.chip, **kwargs)` with
+  `config.retrain.gain_correction` (default "column": each layer's outputs
+  get a per-column digital gain fitted when the chip is programmed, as
+  real chips calibrate their readout; docs/training.md says why re-training
+  needs it)."""
+  gain = config.retrain.get("gain_correction", "none")
+  return chip_spec(config.chip, **kwargs).replace(gain_correction=gain)
+
+
 # ---------------------------------------------------------------------------
 # Work directory: config, metrics, results, progress.
 
@@ -185,7 +195,8 @@ _ADDED_FIELDS = {"chip.pair_subtraction": "digital",
                                  "sigma", "r_row_ohm", "r_col_ohm",
                                  "r_source_ohm", "r_sense_ohm", "input_bits",
                                  "dac_bits", "dac_model", "adc_bits",
-                                 "pair_subtraction", "inputs")}}
+                                 "pair_subtraction", "inputs")},
+                 "retrain.gain_correction": "none"}
 
 
 # Where a run is placed, not what it computes: a work directory resumes with
@@ -413,7 +424,8 @@ def train_step(model, opt: optax.GradientTransformation,
 def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
           learning_rate: float, spec: crossbar.Spec | None = None,
           init: dict | None = None, update: device_lib.UpdateSpec | None = None,
-          program_every: int | None = None) -> dict:
+          program_every: int | None = None,
+          on_epoch: Callable[[int, dict], Any] | None = None) -> dict:
   """Trains digitally (spec None), re-trains (RxNN VII) or trains on a chip.
 
   With a spec, the forward pass runs on the chip and the backward pass as
@@ -429,7 +441,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   interpolated FCM; `program_every=1` is the exact FCM every step).
   Checkpoints every epoch; resumes. Logs the epoch's metrics (phase
   `phase`) and, every `config.log_every_steps` steps, the mean training loss
-  and accuracy of those steps (phase `phase + "/steps"`).
+  and accuracy of those steps (phase `phase + "/steps"`). `on_epoch(epoch,
+  variables)`, if given, is called after each epoch it trains (diagnostics).
 
   Returns:
     The trained variables.
@@ -508,6 +521,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
           f"test {test:.4f}", flush=True)
     digest = ckpt.save(manager, epoch + 1, state)  # With its checksum.
     workdir.checkpoints[phase] = {"step": epoch + 1, "sha256": digest}
+    if on_epoch is not None:
+      on_epoch(epoch + 1, state["variables"])
   manager.close()
   return state["variables"]
 

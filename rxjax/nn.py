@@ -23,6 +23,10 @@ This module owns how Linen layers run on a chip:
   reprograms new weights with the stored distortion, `apply(program_key=k)`
   runs `program`'s path with the calibration pass as the forward pass
   itself (TxSim's exact FCM step).
+  With `Spec.gain_correction = "column"` the calibration pass also fits
+  each layer's per-column digital output gain (`crossbar.column_gain`, on
+  the calibration batch as it flows through the layers already on chips);
+  a refresh keeps the fitted gains, like the rest of the calibration.
 
 A convolution is its patches times the crossbar: the kernel `[*k, c_in / G,
 F]` becomes G matrices `[c_in / G * prod(k), F / G]` (rows in the order of
@@ -362,11 +366,17 @@ def _layer_chips(module: nn.Module, w, x_fn, spec: Spec, stage: str):
   if stage == "read":
     return (chips, module.get_variable(COLLECTION, "w_eff"),
             module.get_variable(COLLECTION, "w_eff_bwd"))
+  keys = module.get_variable(COLLECTION, "key")
   if stage == "calibrate":
-    chips = _per_group(lambda c, x_g: crossbar.calibrate(c, x_g, spec),
-                       chips, jax.lax.stop_gradient(x_fn()))
+
+    def one(c, x_g, w_g, key):
+      c = crossbar.calibrate(c, x_g, spec)
+      return c, _fit_gain(c, w_g, x_g, spec, key)
+
+    chips, gain = _per_group(one, chips, jax.lax.stop_gradient(x_fn()), w,
+                             keys)
   else:  # "refresh"
-    keys = module.get_variable(COLLECTION, "key")
+    gain = module.get_variable(COLLECTION, "gain")  # Kept, as calibration.
     chips = _per_group(
         lambda c, w_g, k: crossbar.reprogram(c, w_g, spec, key=k), chips, w,
         keys)
@@ -378,7 +388,30 @@ def _layer_chips(module: nn.Module, w, x_fn, spec: Spec, stage: str):
   module.put_variable(COLLECTION, "chip", chips)
   module.put_variable(COLLECTION, "w_eff", w_eff)
   module.put_variable(COLLECTION, "w_eff_bwd", w_bwd)
+  module.put_variable(COLLECTION, "gain", gain)
   return chips, w_eff, w_bwd
+
+
+def _fit_gain(chip, w, x, spec: Spec, key):
+  """`[F]` per-column output gain (`spec.gain_correction`), or None: the
+  least-squares fit of the calibrated chip's readings of the calibration
+  inputs `x` (`[R, K]`) onto `x @ w` (`crossbar.column_gain`)."""
+  if spec.gain_correction == "none":
+    return None
+  read_key = (jax.random.fold_in(key, 2) if spec.device.read_noise > 0
+              else None)
+  y = crossbar.read(x, chip, spec, key=read_key)
+  return crossbar.column_gain(y, x @ w.astype(x.dtype))
+
+
+def _gained(module: nn.Module, y, groups: int = 1):
+  """The layer's output `[..., F]` times its stored gain (if any)."""
+  if not module.has_variable(COLLECTION, "gain"):
+    return y
+  gain = module.get_variable(COLLECTION, "gain")
+  if gain is None:
+    return y
+  return y * jax.lax.stop_gradient(gain).reshape(-1).astype(y.dtype)
 
 
 def _read_key(module: nn.Module, spec: Spec):
@@ -484,6 +517,8 @@ def dense_on_chip(module: nn.Module, x, kernel, spec: Spec | None,
     chip = jax.tree.map(lambda a: a[0], chips)
     y = crossbar.crossbar_matmul(x2, kernel, chip, _read_key(module, spec),
                                  spec).astype(x.dtype)
+  if chips is not None:
+    y = _gained(module, y)
   return y.reshape(batch + (y.shape[-1],))
 
 
@@ -539,6 +574,8 @@ def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
         y = _per_group(read, p, w, chips, keys)
       y = jnp.moveaxis(y, 0, 1).reshape(
           (x.shape[0],) + out_spatial + (kernel.shape[-1],)).astype(x.dtype)
+    if chips is not None:
+      y = _gained(module, y)
   return y.reshape(batch + y.shape[1:])
 
 

@@ -620,3 +620,20 @@ def test_backward_read_with_adc_matches_numpy(fan_in, fan_out, pairs):
   z = (z[0] - z[1]).reshape(3, -1)[:, :fan_in]
   np.testing.assert_allclose(y, z * scale * float(chip.w_scale), rtol=1e-9,
                              atol=1e-12 * np.abs(z).max())
+
+
+def test_column_gain_is_the_per_column_least_squares_fit():
+  rng = np.random.default_rng(0)
+  y_chip = rng.normal(size=(4, 10, 3))
+  y_chip[..., 2] = 0.0  # A column that read nothing keeps gain 1.
+  y_ideal = 1.7 * y_chip + 0.1 * rng.normal(size=y_chip.shape)
+  got = np.asarray(crossbar.column_gain(y_chip, y_ideal))
+  a, b = y_chip.reshape(-1, 3), y_ideal.reshape(-1, 3)
+  for c in range(2):
+    want = np.linalg.lstsq(a[:, c:c + 1], b[:, c], rcond=None)[0][0]
+    np.testing.assert_allclose(got[c], want, rtol=1e-12)
+  assert got[2] == 1.0
+  with pytest.raises(ValueError, match="y_chip"):
+    crossbar.column_gain(y_chip, y_ideal[..., :2])
+  with pytest.raises(ValueError, match="gain_correction"):
+    crossbar.Spec(gain_correction="row")

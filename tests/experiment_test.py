@@ -230,6 +230,12 @@ def test_chip_spec_reads_every_field():
   assert spec.adc.bits is None and spec.dac.dac_bits == 2
   assert spec.wires.r_row == 2.5 and spec.device.sigma == 0.0
   assert spec.device.r_min == config.chip.r_min_ohm
+  assert experiment.retrain_spec(config).gain_correction == "column"
+  config.retrain.gain_correction = "none"
+  assert experiment.retrain_spec(config).gain_correction == "none"
+  config.retrain.gain_correction = "row"
+  with pytest.raises(ValueError, match="gain_correction"):
+    experiment.retrain_spec(config)
   config.chip.weight_bits = -1
   with pytest.raises(ValueError, match="chip.weight_bits"):
     experiment.chip_spec(config.chip)
