@@ -103,12 +103,7 @@ def check(name: str, tree, what: str = "",
           f"`{name}{leaf}`{' (' + what + ')' if what else ''} must be "
           f"finite, got {' and '.join(kinds)} of {a.size} values (first at "
           f"index {first}); {remedy}")
-  if not flags:
-    return True
-  ok = flags[0]
-  for f in flags[1:]:
-    ok = ok & f
-  return ok
+  return all_true(*flags)
 
 
 def poison(tree, ok):
