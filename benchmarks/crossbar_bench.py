@@ -16,9 +16,9 @@ devices JAX sees, each timing the best of several repeats after a warm-up
      (4 slices x 8 cycles x 2 polarities, timed as ONE stacked GEMM of the
      same flops, `[8 B, K] @ [K, 8 N]`, the fastest way to do them;
      target <= 1.2x).
-   Inputs are non-negative activations (`Spec.inputs = "non_negative"`, one
+   Inputs are non-negative activations (`ChipSpec.inputs = "non_negative"`, one
    pass); signed inputs take two passes and twice the time.
-   Both again with analog pair subtraction (`Spec.pair_subtraction =
+   Both again with analog pair subtraction (`ChipSpec.pair_subtraction =
    "analog"`: the sense amplifier subtracts I+ - I-, one bipolar ADC per
    pair), against the products that design must compute: `x @ w` and 32
    partial products (4 slices x 8 cycles).
@@ -57,7 +57,7 @@ from rxjax import crossbar
 
 
 def _vmm_spec(device_bits, dac_bits, pairs):
-  return rxjax.Spec(
+  return rxjax.ChipSpec(
       mapping=rxjax.MappingSpec(weight_bits=8),
       device=rxjax.DeviceSpec(device_bits=device_bits),
       dac=rxjax.DACSpec(input_bits=8, dac_bits=dac_bits),
@@ -131,7 +131,7 @@ def vgg16_shapes():
 
 
 def bench_resnet50():
-  spec = rxjax.Spec(mapping=rxjax.MappingSpec(weight_bits=8),
+  spec = rxjax.ChipSpec(mapping=rxjax.MappingSpec(weight_bits=8),
                     device=rxjax.DeviceSpec(device_bits=8))
   key = jax.random.key(0)
   shapes = resnet50_shapes()
@@ -151,7 +151,7 @@ def bench_resnet50():
 
 
 def _vgg_child():
-  spec = rxjax.Spec()
+  spec = rxjax.ChipSpec()
   key = jax.random.key(0)
   kept = []
   total = 0

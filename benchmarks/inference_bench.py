@@ -42,11 +42,11 @@ from rxjax import circuit, crossbar, data, device, models, periphery
 from rxjax import nn as rnn
 
 
-def one_slice_spec(inputs="signed") -> crossbar.Spec:
+def one_slice_spec(inputs="signed") -> crossbar.ChipSpec:
   """One analog slice per device, full-precision converters, real wires."""
-  return crossbar.Spec(
-      mapping=dataclasses.replace(crossbar.Spec().mapping, weight_bits=None),
-      device=dataclasses.replace(crossbar.Spec().device, device_bits=None),
+  return crossbar.ChipSpec(
+      mapping=dataclasses.replace(crossbar.ChipSpec().mapping, weight_bits=None),
+      device=dataclasses.replace(crossbar.ChipSpec().device, device_bits=None),
       dac=periphery.DACSpec.ideal(), adc=periphery.ADCSpec.ideal(),
       inputs=inputs)
 
@@ -57,7 +57,7 @@ def overhead(name, shape, repeats):
   variables = jax.jit(model.init)(jax.random.key(1), x[:1])
   calls = {"native": (jax.jit(model.apply), (variables, x))}
   for label, spec in (("one_slice", one_slice_spec()),
-                      ("default", crossbar.Spec())):
+                      ("default", crossbar.ChipSpec())):
     # Weights and inputs are arguments, as for `model.apply`: closed over,
     # they become constants that XLA folds at compile time (13-19 s of
     # "constant folding" alarms per network in the run at b03a67f).

@@ -8,7 +8,7 @@
 For each seed: trains the network digitally (`configs/lenet_mnist.py`,
 that seed), then for each chip configuration measures the test accuracy of
 the digital network on the chip (no gain correction, and with the per-column
-digital gain correction `Spec.gain_correction="column"` fitted at
+digital gain correction `ChipSpec.gain_correction="column"` fitted at
 programming), re-trains it on the chip (`experiment.train` with the chip's
 spec: chip forward, straight-through backward, digital Adam update, chip
 programmed exactly and calibrated at every epoch start) for every variant

@@ -406,7 +406,7 @@ def study(net: Network) -> list[dict]:
                     worst["chip"], worst["accuracy"], fp32, tile=size,
                     device=device.label, variation=0))
     # The digital per-column gain correction alone (no re-training): the
-    # chip's readout calibrated after programming (`Spec.gain_correction`).
+    # chip's readout calibrated after programming (`ChipSpec.gain_correction`).
     gain = net.config.retrain.gain_correction
     spec = net.spec(device, size).replace(gain_correction=gain)
     acc = net.on_chip(f"nonideal/{device.tag}/cross{size}/gain_{gain}",

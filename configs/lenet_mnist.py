@@ -17,7 +17,7 @@ from ml_collections import config_dict
 def chip_config() -> ml_collections.ConfigDict:
   """The papers' chip (RxNN VII / TxSim V). Bit counts: 0 = full precision.
 
-  Every field of `rxjax.crossbar.Spec` has a field here (the table in
+  Every field of `rxjax.crossbar.ChipSpec` has a field here (the table in
   `rxjax.validate.CHIP_FIELDS`, listed in docs/configs.md with unit and
   valid range); a bad value fails before any work, naming the field.
   """
@@ -73,7 +73,7 @@ def chip_config() -> ml_collections.ConfigDict:
   chip.adc_nonlinearity = 0.0  # Transfer curve alpha, |alpha| <= 1.
   chip.adc_offset_sigma = 0.0  # Per-column offset std, fraction of FS.
   chip.adc_gain_sigma = 0.0  # Per-column relative gain std (>= 0).
-  # Reads (rxjax.crossbar.Spec).
+  # Reads (rxjax.crossbar.ChipSpec).
   # Input gradient: "straight_through" (floating point, RxNN re-training)
   # | "transposed_read" (read backwards through the chip, TxSim). Mode
   # "txsim" sets it (and solver) from txsim.g_eff.

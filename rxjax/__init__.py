@@ -8,7 +8,7 @@ from rxjax import energy
 from rxjax import nn
 from rxjax.circuit import (NodeVoltages, Wires, aam_conductance, effective_conductance,
                            node_voltages, series_model)
-from rxjax.crossbar import (Chip, Spec, calibrate, crossbar_matmul, fold, matmul, program,
+from rxjax.crossbar import (Chip, ChipSpec, calibrate, crossbar_matmul, fold, matmul, program,
                             read, reprogram)
 from rxjax.device import DeviceSpec, UpdateSpec
 from rxjax.host import tune_host
@@ -17,8 +17,8 @@ from rxjax.mapping import MappingSpec
 from rxjax.periphery import ADCSpec, DACSpec
 
 __all__ = [
-    "ADCSpec", "Chip", "DACSpec", "DeviceSpec", "DeviceUpdateState",
-    "MappingSpec", "NodeVoltages", "Spec", "UpdateSpec", "Wires",
+    "ADCSpec", "Chip", "ChipSpec", "DACSpec", "DeviceSpec",
+    "DeviceUpdateState", "MappingSpec", "NodeVoltages", "UpdateSpec", "Wires",
     "aam_conductance", "apply_device_response", "calibrate", "crossbar_matmul",
     "effective_conductance", "energy", "fold", "matmul", "nn", "node_voltages",
     "program", "read", "reprogram", "series_model",

@@ -3,7 +3,7 @@
 This module owns what happens between a layer's weights and its outputs on a
 chip:
 
-* `Spec`: every setting of the simulated chip (tiles, mapping, device,
+* `ChipSpec`: every setting of the simulated chip (tiles, mapping, device,
   wires, converters, backward mode), frozen and hashable.
 * `program` = `write` then `solve`: weights -> a `Chip` pytree. `write`
   maps the weights and draws one chip instance of device variation and ADC
@@ -31,7 +31,7 @@ map (`mapping.py`), device physics (`device.py`) or the converter models
 
 Conventions. Inputs are scaled by a per-layer input scale `x_scale` into
 `[-1, 1]` and applied as two passes (positive part, then negative part, the
-digital results subtracted) unless `Spec.inputs == "non_negative"`, which
+digital results subtracted) unless `ChipSpec.inputs == "non_negative"`, which
 skips the negative pass (negative inputs are then clipped to 0: use it after
 a ReLU). Conductance arrays of a chip are `[S, P, Tr, Tc, M, N]`: weight
 slices, polarities (differential: 0 = positive, 1 = negative crossbar),
@@ -61,7 +61,7 @@ _GAIN_CORRECTIONS = ("none", "column")
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
+class ChipSpec:
   """A simulated crossbar chip. The default is the papers' chip.
 
   Default (RxNN VII / TxSim V): 64x64 tiles; ReRAM devices 100 kOhm - 1 MOhm
@@ -158,7 +158,7 @@ class Spec:
           "'ideal'")
 
   @classmethod
-  def ideal(cls, **overrides) -> "Spec":
+  def ideal(cls, **overrides) -> "ChipSpec":
     """Every non-ideality off, full precision: reads equal `x @ w`."""
     fields = dict(
         mapping=mapping_lib.MappingSpec(weight_bits=None),
@@ -169,10 +169,10 @@ class Spec:
     fields.update(overrides)
     return cls(**fields)
 
-  def replace(self, **changes) -> "Spec":
+  def replace(self, **changes) -> "ChipSpec":
     return dataclasses.replace(self, **changes)
 
-  def cross_ideal(self) -> "Spec":
+  def cross_ideal(self) -> "ChipSpec":
     """This chip with its precision only: RxNN's "Cross-ideal".
 
     Keeps the tiles, the weight / device / input / ADC resolutions and the
@@ -240,8 +240,8 @@ class Chip:
 
 
 def _check_spec(spec) -> None:
-  if not isinstance(spec, Spec):
-    raise TypeError(f"`spec` must be a rxjax.Spec, got {spec!r}")
+  if not isinstance(spec, ChipSpec):
+    raise TypeError(f"`spec` must be a rxjax.ChipSpec, got {spec!r}")
 
 
 def _check_w(w) -> jax.Array:
@@ -265,7 +265,7 @@ def _wires_ideal(wires: circuit.Wires) -> bool:
              for v in dataclasses.astuple(wires))
 
 
-def _nominal_load(spec: Spec) -> float:
+def _nominal_load(spec: ChipSpec) -> float:
   """Default load at which the divider DAC is exact: a mid-state tile row.
 
   `periphery` uses `spec.dac.nominal_load` instead when it is set.
@@ -274,21 +274,21 @@ def _nominal_load(spec: Spec) -> float:
   return spec.mapping.tile_cols * (d.g_min + d.g_max) / 2
 
 
-def _design_full_scale(spec: Spec, dtype) -> jax.Array:
+def _design_full_scale(spec: ChipSpec, dtype) -> jax.Array:
   """Uncalibrated ADC range: every row at `v_read`, every cell at g_max."""
   return jnp.asarray(
       spec.dac.v_read * spec.mapping.tile_rows * spec.device.g_max, dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def _map_and_vary(w, spec: Spec, key):
+def _map_and_vary(w, spec: ChipSpec, key):
   mapped = mapping_lib.program(w, spec.mapping, spec.device)
   g = device_lib.vary(mapped.g, spec.device, key=jax.random.fold_in(key, 0))
   return g, mapped.w_scale
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "shape"))
-def _write(w, spec: Spec, key, shape) -> Chip:
+def _write(w, spec: ChipSpec, key, shape) -> Chip:
   g, w_scale = _map_and_vary(w, spec, key)
   offset, gain = periphery.adc_variation(
       g.shape[:-2] + g.shape[-1:], spec.adc,
@@ -300,7 +300,7 @@ def _write(w, spec: Spec, key, shape) -> Chip:
               fan_out=shape[1])
 
 
-def write(w, spec: Spec, *, key) -> Chip:
+def write(w, spec: ChipSpec, *, key) -> Chip:
   """Writes a layer's weights onto one chip instance, not yet solved.
 
   The first stage of `program`: the mapping (`mapping.program`), one draw
@@ -329,7 +329,7 @@ def write(w, spec: Spec, *, key) -> Chip:
   return finite.poison(_write(w, spec, key, w.shape), ok)
 
 
-def _effective(g, spec: Spec):
+def _effective(g, spec: ChipSpec):
   """(forward, backward or None) G_eff of tiles `[T, M, N]`, by
   `spec.solver`."""
   if spec.solver == "aam":
@@ -352,7 +352,7 @@ def _place(a, sharding: jax.sharding.NamedSharding):
   return jax.lax.with_sharding_constraint(a, sharding)
 
 
-def _solve_tiles(flat, spec: Spec, mesh):
+def _solve_tiles(flat, spec: ChipSpec, mesh):
   """`_effective` of `[T, M, N]` tiles, their axis sharded over `mesh`.
 
   Every tile's solve is independent, so each device solves its own share
@@ -380,7 +380,7 @@ def _solve_tiles(flat, spec: Spec, mesh):
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "mesh"))
-def _solve(chips, spec: Spec, mesh):
+def _solve(chips, spec: ChipSpec, mesh):
   m, n = spec.mapping.tile_rows, spec.mapping.tile_cols
   gs = [c.g for c in chips]
   if _wires_ideal(spec.wires):
@@ -403,7 +403,7 @@ def _solve(chips, spec: Spec, mesh):
   return out
 
 
-def solve(chips, spec: Spec, *, mesh=None) -> list[Chip]:
+def solve(chips, spec: ChipSpec, *, mesh=None) -> list[Chip]:
   """The effective conductances of written chips: all their tiles in one
   batch.
 
@@ -443,7 +443,7 @@ def solve(chips, spec: Spec, *, mesh=None) -> list[Chip]:
   return _solve(chips, spec, mesh)
 
 
-def program(w, spec: Spec, *, key, mesh=None) -> Chip:
+def program(w, spec: ChipSpec, *, key, mesh=None) -> Chip:
   """Programs a layer's weights onto one chip instance: `write`, `solve`.
 
   Mapping (`mapping.program`), one draw of device variation
@@ -471,7 +471,7 @@ def program(w, spec: Spec, *, key, mesh=None) -> Chip:
   return solve([write(w, spec, key=key)], spec, mesh=mesh)[0]
 
 
-def reprogram(chip: Chip, w, spec: Spec, *, key) -> Chip:
+def reprogram(chip: Chip, w, spec: ChipSpec, *, key) -> Chip:
   """New weights on the same chip instance, `G_eff` from stored distortion.
 
   TxSim IV-D's interpolated FCM: the relative distortion `(g - G_eff) / g`
@@ -511,7 +511,7 @@ def _redistort(chip: Chip, g, w_scale) -> Chip:
                       g_eff_bwd=scale(chip.g_eff_bwd), w_scale=w_scale)
 
 
-def fold(chip: Chip, spec: Spec, direction: str = "forward") -> jax.Array:
+def fold(chip: Chip, spec: ChipSpec, direction: str = "forward") -> jax.Array:
   """The layer's effective weight matrix when the read is linear.
 
   For a `spec.linear` chip, `read(x) == clip(x, -x_scale, x_scale) @ W_eff`
@@ -543,7 +543,7 @@ def fold(chip: Chip, spec: Spec, direction: str = "forward") -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "direction"))
-def _fold(chip: Chip, spec: Spec, direction: str) -> jax.Array:
+def _fold(chip: Chip, spec: ChipSpec, direction: str) -> jax.Array:
   s, p, tr, tc, m, n = chip.g.shape
   d = spec.device
   sw = jnp.asarray(mapping_lib.slice_weights(spec.mapping, spec.device),
@@ -571,7 +571,7 @@ def _fold(chip: Chip, spec: Spec, direction: str) -> jax.Array:
 # The read.
 
 
-def _passes(x01, spec: Spec):
+def _passes(x01, spec: ChipSpec):
   """[Q, ...] non-negative input passes: (x+, x-) or (x+,)."""
   if spec.inputs == "non_negative":
     return jnp.maximum(x01, 0)[None]
@@ -587,7 +587,7 @@ def _pad_to(x, size, axis=-1):
   return jnp.pad(x, widths)
 
 
-def _input_levels(x, chip: Chip, spec: Spec):
+def _input_levels(x, chip: Chip, spec: ChipSpec):
   """Quantized DAC input levels of a batch, tiled (`periphery.stream_levels`;
   a read takes each cycle's digits from them as it goes).
 
@@ -603,7 +603,7 @@ def _input_levels(x, chip: Chip, spec: Spec):
   return q.reshape(q.shape[:-1] + (tr, m))
 
 
-def _scan_tile_rows(q, chip: Chip, spec: Spec, reduce, init, g_eff=None):
+def _scan_tile_rows(q, chip: Chip, spec: ChipSpec, reduce, init, g_eff=None):
   """Column currents of one fan-in tile row and input cycle at a time.
 
   The DAC (this cycle's digits of the input levels), the per-tile products
@@ -659,17 +659,17 @@ def _scan_tile_rows(q, chip: Chip, spec: Spec, reduce, init, g_eff=None):
   return acc
 
 
-def _analog(spec: Spec) -> bool:
+def _analog(spec: ChipSpec) -> bool:
   return spec.pair_subtraction == "analog"
 
 
-def _pair_adc_params(a, spec: Spec):
+def _pair_adc_params(a, spec: ChipSpec):
   """Per-column ADC parameters `[S, P, ...]` of the ADCs that exist: with
   analog pair subtraction one per pair, polarity 0's draw (`[S, 1, ...]`)."""
   return a[:, :1] if _analog(spec) else a
 
 
-def _one_product_per_pair(g_eff, spec: Spec):
+def _one_product_per_pair(g_eff, spec: ChipSpec):
   """`G+_eff - G-_eff` `[S, 1, ...]` when the read may subtract conductances.
 
   With analog subtraction and an ideal DAC both crossbars of a pair see the
@@ -681,7 +681,7 @@ def _one_product_per_pair(g_eff, spec: Spec):
   return g_eff
 
 
-def _subtract_pairs(i, spec: Spec, axis: int):
+def _subtract_pairs(i, spec: ChipSpec, axis: int):
   """The currents the ADCs digitize: `I+ - I-` (analog subtraction, keeping a
   polarity axis of size 1) or the currents themselves (digital)."""
   if not _analog(spec) or i.shape[axis] == 1:  # Digital, or subtracted.
@@ -690,7 +690,7 @@ def _subtract_pairs(i, spec: Spec, axis: int):
           - jax.lax.slice_in_dim(i, 1, 2, axis=axis))
 
 
-def _adc_columns(chip: Chip, spec: Spec):
+def _adc_columns(chip: Chip, spec: ChipSpec):
   """Per-column ADC offset and gain `[Tr, S, P, Tc, N]`, or None when off.
 
   With analog pair subtraction P is 1: one ADC per pair."""
@@ -700,7 +700,7 @@ def _adc_columns(chip: Chip, spec: Spec):
           jnp.moveaxis(_pair_adc_params(chip.adc_gain, spec), 2, 0))
 
 
-def _trim(chip: Chip, spec: Spec) -> Chip:
+def _trim(chip: Chip, spec: ChipSpec) -> Chip:
   """Drops tile rows and columns a forward read never uses, exactly.
 
   A layer narrower than one tile leaves rows driven at 0 V (they add no
@@ -731,7 +731,7 @@ def _trim(chip: Chip, spec: Spec) -> Chip:
 _SPLIT_CURRENTS = 2**20
 
 
-def _read_forward(x, chip: Chip, spec: Spec, key):
+def _read_forward(x, chip: Chip, spec: ChipSpec, key):
   chip = _trim(chip, spec)
   g_eff = chip.g_eff
   if spec.device.read_noise > 0:
@@ -802,7 +802,7 @@ def _read_forward(x, chip: Chip, spec: Spec, key):
   return y * chip.x_scale * chip.w_scale
 
 
-def _read_backward(dy, chip: Chip, spec: Spec, key):
+def _read_backward(dy, chip: Chip, spec: ChipSpec, key):
   """Transposed read: column drivers, row sense amplifiers (TxSim IV).
 
   The row ADCs' full scale is calibrated on this error batch (TxSim IV-B):
@@ -898,7 +898,7 @@ def _read_backward(dy, chip: Chip, spec: Spec, key):
 def _backward_divider(u, g_bwd, spec):
   """Divider DACs on the columns, loaded by the column sums of G_eff_bwd.
 
-  (`Spec` refuses "divider_exact" with the transposed read.)
+  (`ChipSpec` refuses "divider_exact" with the transposed read.)
   """
   u = u[:, :, :, None, None, None, :, :]  # [C, Q, B, 1, 1, 1, Tc, N]
   g_load = g_bwd.sum(-2)  # Column loads: [S, P, Tr, Tc, N].
@@ -906,7 +906,7 @@ def _backward_divider(u, g_bwd, spec):
                                nominal_load=_nominal_load(spec))
 
 
-def read(x, chip: Chip, spec: Spec, *, key=None,
+def read(x, chip: Chip, spec: ChipSpec, *, key=None,
          direction: str = "forward") -> jax.Array:
   """The non-ideal crossbar VMM.
 
@@ -943,7 +943,7 @@ def read(x, chip: Chip, spec: Spec, *, key=None,
   return y.reshape(batch + (give,))
 
 
-def calibrate(chip: Chip, x, spec: Spec) -> Chip:
+def calibrate(chip: Chip, x, spec: ChipSpec) -> Chip:
   """Sets the input scale and the ADC full scale from a calibration batch.
 
   Args:
@@ -974,7 +974,7 @@ def calibrate(chip: Chip, x, spec: Spec) -> Chip:
   return finite.poison(_calibrate(chip, x, spec), ok)
 
 
-def _calibrate(chip: Chip, x, spec: Spec) -> Chip:
+def _calibrate(chip: Chip, x, spec: ChipSpec) -> Chip:
   x = x.reshape((-1, chip.fan_in))
   x_scale = periphery.input_scale(x, spec.dac).astype(chip.g.dtype)
   calibrated = chip.replace(x_scale=x_scale)
@@ -1042,7 +1042,7 @@ def column_gain(y_chip, y_ideal) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def crossbar_matmul(x, w, chip: Chip, key, spec: Spec):
+def crossbar_matmul(x, w, chip: Chip, key, spec: ChipSpec):
   """`~ x @ w` on the chip programmed from `w`, with crossbar gradients.
 
   Args:
@@ -1081,7 +1081,7 @@ def _matmul_bwd(spec, residuals, dy):
 crossbar_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def matmul(x, w, spec: Spec | None = None, *, key,
+def matmul(x, w, spec: ChipSpec | None = None, *, key,
            return_status: bool = False):
   """`x @ w` computed on a simulated crossbar chip: the one-call entry point.
 
@@ -1091,7 +1091,7 @@ def matmul(x, w, spec: Spec | None = None, *, key,
   Args:
     x: `[..., fan_in]` inputs.
     w: `[fan_in, fan_out]` weights.
-    spec: the chip; None is the papers' default `Spec()`. `Spec.ideal()`
+    spec: the chip; None is the papers' default `ChipSpec()`. `ChipSpec.ideal()`
       reproduces `x @ w` to float rounding.
     key: PRNG key: one key is one chip instance.
     return_status: also return a `finite.Status` (for use under jit, where
@@ -1103,12 +1103,12 @@ def matmul(x, w, spec: Spec | None = None, *, key,
 
   Raises:
     ValueError: `x` or `w` holds NaN or inf (outside jit), or bad shapes.
-    TypeError: `spec` is not a `Spec` or None.
+    TypeError: `spec` is not a `ChipSpec` or None.
 
   Example:
     >>> y = rxjax.matmul(x, w, key=jax.random.key(0))
   """
-  spec = Spec() if spec is None else spec
+  spec = ChipSpec() if spec is None else spec
   _check_spec(spec)
   w = _check_w(w)
   x = jnp.asarray(x)

@@ -319,7 +319,7 @@ class Geometry(NamedTuple):
   out_size: int = 0
 
 
-def _chip_numbers(spec: crossbar.Spec):
+def _chip_numbers(spec: crossbar.ChipSpec):
   m, n = spec.mapping.tile_rows, spec.mapping.tile_cols
   s = mapping_lib.n_slices(spec.mapping, spec.device)
   pol = 2 if spec.mapping.signed == "differential" else 1
@@ -329,20 +329,20 @@ def _chip_numbers(spec: crossbar.Spec):
   return m, n, s, pol, pol_adc, q, c
 
 
-def _activation_bits(spec: crossbar.Spec, espec: EnergySpec) -> int:
+def _activation_bits(spec: crossbar.ChipSpec, espec: EnergySpec) -> int:
   if espec.activation_bits is not None:
     return espec.activation_bits
   return spec.dac.input_bits or espec.unquantized_bits
 
 
-def _dac_bits(spec: crossbar.Spec, espec: EnergySpec) -> int:
+def _dac_bits(spec: crossbar.ChipSpec, espec: EnergySpec) -> int:
   d = spec.dac
   if d.input_bits is None:
     return espec.unquantized_bits
   return d.input_bits if d.dac_bits is None else min(d.dac_bits, d.input_bits)
 
 
-def layer_counts(geometry: Geometry, spec: crossbar.Spec,
+def layer_counts(geometry: Geometry, spec: crossbar.ChipSpec,
                  espec: EnergySpec | None = None) -> dict[str, float]:
   """Operation counts of one crossbar layer per image (module docstring).
 
@@ -382,7 +382,7 @@ def layer_counts(geometry: Geometry, spec: crossbar.Spec,
           "steps": float(reads * waves)}
 
 
-def _op_energy(counts, spec: crossbar.Spec, espec: EnergySpec) -> dict:
+def _op_energy(counts, spec: crossbar.ChipSpec, espec: EnergySpec) -> dict:
   """Per-operation energies (J) of a layer's counts; no array term."""
   pj = 1e-12
   def buffer(bits):
@@ -399,7 +399,7 @@ def _op_energy(counts, spec: crossbar.Spec, espec: EnergySpec) -> dict:
   }
 
 
-def _latency(counts, spec: crossbar.Spec, espec: EnergySpec) -> float:
+def _latency(counts, spec: crossbar.ChipSpec, espec: EnergySpec) -> float:
   n = spec.mapping.tile_cols
   per_adc = n if espec.columns_per_adc is None else min(
       espec.columns_per_adc, n)
@@ -407,14 +407,14 @@ def _latency(counts, spec: crossbar.Spec, espec: EnergySpec) -> float:
   return counts["steps"] * step
 
 
-def _area_um2(counts, spec: crossbar.Spec, espec: EnergySpec) -> float:
+def _area_um2(counts, spec: crossbar.ChipSpec, espec: EnergySpec) -> float:
   m, n = spec.mapping.tile_rows, spec.mapping.tile_cols
   dac = espec.dac_um2_per_unit * espec.dac_units(_dac_bits(spec, espec))
   return (counts["crossbars"] * (m * n * espec.cell_um2 + m * dac)
           + counts["adcs"] * (espec.adc_um2 + espec.shift_add_um2))
 
 
-def nominal_array_j(counts, spec: crossbar.Spec,
+def nominal_array_j(counts, spec: crossbar.ChipSpec,
                     espec: EnergySpec) -> float:
   """Array energy without data or programmed chip (`count`): every cell at
   the mid conductance `(g_min + g_max) / 2`, ideal wires, every row driven
@@ -536,7 +536,7 @@ def _report(layers, espec: EnergySpec, array_model: str,
 class _Call(NamedTuple):
   path: tuple
   module: Any  # The nn.Dense / nn.Conv module (bound).
-  spec: crossbar.Spec
+  spec: crossbar.ChipSpec
   x: Any  # The layer's input.
   geometry: Geometry
 
@@ -587,8 +587,8 @@ def _images(x) -> int:
 
 
 def _check_specs(spec, espec):
-  if not isinstance(spec, crossbar.Spec):
-    raise TypeError(f"`spec` must be a rxjax.crossbar.Spec, got {spec!r}")
+  if not isinstance(spec, crossbar.ChipSpec):
+    raise TypeError(f"`spec` must be a rxjax.crossbar.ChipSpec, got {spec!r}")
   espec = EnergySpec() if espec is None else espec
   if not isinstance(espec, EnergySpec):
     raise TypeError(f"`energy_spec` must be an EnergySpec or None, got "
@@ -596,7 +596,7 @@ def _check_specs(spec, espec):
   return espec
 
 
-def layers(model: nn.Module, variables, x, spec: crossbar.Spec,
+def layers(model: nn.Module, variables, x, spec: crossbar.ChipSpec,
            **apply_kwargs) -> list[tuple[str, Geometry]]:
   """The crossbar layers of `model` on inputs shaped like `x`, in call
   order, from shapes only (`jax.eval_shape`: no compute).
@@ -614,7 +614,7 @@ def layers(model: nn.Module, variables, x, spec: crossbar.Spec,
   return [("/".join(c.path), c.geometry, c.spec) for c in calls]
 
 
-def count(model: nn.Module, variables, x, spec: crossbar.Spec, *,
+def count(model: nn.Module, variables, x, spec: crossbar.ChipSpec, *,
           energy_spec: EnergySpec | None = None,
           **apply_kwargs) -> EnergyReport:
   """Counts, energy, latency and area from shapes alone, no chip.
@@ -691,7 +691,7 @@ def _rows_of(call: _Call):
   return jnp.moveaxis(p, 1, 0)
 
 
-def _moment(rows, x_scale, spec: crossbar.Spec, exact: bool) -> np.ndarray:
+def _moment(rows, x_scale, spec: crossbar.ChipSpec, exact: bool) -> np.ndarray:
   """Sum over every read of the DAC digits' `u^2` (`[G, Q, C, K]`) or, when
   exact, of `u u^T` (`[G, Q, C, K, K]`), float64; `u` in [0, 1] is volts /
   v_read.
@@ -786,7 +786,7 @@ def _port_admittance_fn(wires):
   return jax.jit(lambda g: periphery.port_admittance(g, wires))
 
 
-def _array_j(moment, g, g_eff, spec: crossbar.Spec, espec: EnergySpec):
+def _array_j(moment, g, g_eff, spec: crossbar.ChipSpec, espec: EnergySpec):
   """The layer's array energy over the batch's reads (J), from its input
   moments and its chip's conductances (NumPy, float64)."""
   gsz, s, p, tr, tc, m, n = g_eff.shape
@@ -806,7 +806,7 @@ def _array_j(moment, g, g_eff, spec: crossbar.Spec, espec: EnergySpec):
   return per_volt2 * spec.dac.v_read**2 * espec.read_pulse_s
 
 
-def estimate(model: nn.Module, variables, x, spec: crossbar.Spec, *, key,
+def estimate(model: nn.Module, variables, x, spec: crossbar.ChipSpec, *, key,
              energy_spec: EnergySpec | None = None, chips=None,
              inputs: str = "chip", **apply_kwargs) -> EnergyReport:
   """Energy, latency and area per image of `model` on the chip `spec`.

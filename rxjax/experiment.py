@@ -3,7 +3,7 @@
 This module is the edge where configs become specs (STYLE: configs stay at
 the edge). It owns:
 
-* `chip_spec`: a config's `chip` block -> `crossbar.Spec` (defined in
+* `chip_spec`: a config's `chip` block -> `crossbar.ChipSpec` (defined in
   `rxjax.validate`, which also checks a whole config and builds every spec
   of a run before any work).
 * `train_and_evaluate` (what `train.py` runs): digital training, evaluation
@@ -70,7 +70,7 @@ from rxjax import validate
 chip_spec = validate.chip_spec
 
 
-def retrain_spec(config: ml_collections.ConfigDict, **kwargs) -> crossbar.Spec:
+def retrain_spec(config: ml_collections.ConfigDict, **kwargs) -> crossbar.ChipSpec:
   """The chip re-training runs on: `chip_spec(config.chip, **kwargs)` with
   `config.retrain.gain_correction` (default "column": each layer's outputs
   get a per-column digital gain fitted when the chip is programmed, as
@@ -362,7 +362,7 @@ def _checkpoints(workdir: Workdir, phase: str):
 
 
 def train_step(model, opt: optax.GradientTransformation,
-               spec: crossbar.Spec | None = None, *, has_stats: bool = False,
+               spec: crossbar.ChipSpec | None = None, *, has_stats: bool = False,
                program: bool = False, mesh: jax.sharding.Mesh | None = None):
   """The jitted training step that `train` runs.
 
@@ -422,7 +422,7 @@ def train_step(model, opt: optax.GradientTransformation,
 
 
 def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
-          learning_rate: float, spec: crossbar.Spec | None = None,
+          learning_rate: float, spec: crossbar.ChipSpec | None = None,
           init: dict | None = None, update: device_lib.UpdateSpec | None = None,
           program_every: int | None = None,
           on_epoch: Callable[[int, dict], Any] | None = None) -> dict:

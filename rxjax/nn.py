@@ -11,7 +11,7 @@ This module owns how Linen layers run on a chip:
   `nn.Einsum`, `nn.ConvTranspose`, `nn.ConvLocal`) warn that they do.
 * `mode_spec`: the three modes from the same parameters: "digital"
   (floating point), "ideal" (converter and device precision only: RxNN's
-  Cross-ideal, `Spec.cross_ideal`), "nonideal" (everything on).
+  Cross-ideal, `ChipSpec.cross_ideal`), "nonideal" (everything on).
 * `program`: programs every layer's chip once, on one pure path: params ->
   every layer's mapped and varied conductances (`crossbar.write`, in one
   pass of the model) -> all tiles of all layers solved in one batch
@@ -23,7 +23,7 @@ This module owns how Linen layers run on a chip:
   reprograms new weights with the stored distortion, `apply(program_key=k)`
   runs `program`'s path with the calibration pass as the forward pass
   itself (TxSim's exact FCM step).
-  With `Spec.gain_correction = "column"` the calibration pass also fits
+  With `ChipSpec.gain_correction = "column"` the calibration pass also fits
   each layer's per-column digital output gain (`crossbar.column_gain`, on
   the calibration batch as it flows through the layers already on chips);
   a refresh keeps the fitted gains, like the rest of the calibration.
@@ -31,7 +31,7 @@ This module owns how Linen layers run on a chip:
 A convolution is its patches times the crossbar: the kernel `[*k, c_in / G,
 F]` becomes G matrices `[c_in / G * prod(k), F / G]` (rows in the order of
 `lax.conv_general_dilated_patches`: channel, then kernel position), each
-programmed on its own tiles. When the read is linear (`Spec.linear`: full
+programmed on its own tiles. When the read is linear (`ChipSpec.linear`: full
 precision converters, no read noise) a layer's chip folds into one
 effective weight matrix and the layer runs as a native matmul or
 convolution of the clipped input with it, bit-for-bit the chip's read up to
@@ -61,25 +61,25 @@ import jax.numpy as jnp
 from rxjax import crossbar
 from rxjax import finite
 
-Spec = crossbar.Spec
+ChipSpec = crossbar.ChipSpec
 MODES = ("digital", "ideal", "nonideal")
 COLLECTION = "chips"  # Flax variable collection of the programmed chips.
 RNG = "chip"  # Flax RNG stream whose presence (re)programs chips exactly.
 
 
-def mode_spec(mode: str, spec: Spec | None = None) -> Spec | None:
+def mode_spec(mode: str, spec: ChipSpec | None = None) -> ChipSpec | None:
   """The spec a mode runs with: None (digital), cross-ideal or the chip.
 
   Args:
     mode: "digital", "ideal" (RxNN's Cross-ideal: precision only) or
       "nonideal".
-    spec: the chip; None is the papers' default `Spec()`.
+    spec: the chip; None is the papers' default `ChipSpec()`.
   """
   if mode not in MODES:
     raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
   if mode == "digital":
     return None
-  spec = Spec() if spec is None else spec
+  spec = ChipSpec() if spec is None else spec
   return spec.cross_ideal() if mode == "ideal" else spec
 
 
@@ -310,7 +310,7 @@ class _Written:
   solved, with the spec to solve them with (static)."""
 
   chips: crossbar.Chip
-  spec: Spec = flax.struct.field(pytree_node=False)
+  spec: ChipSpec = flax.struct.field(pytree_node=False)
 
 
 def _solve_written(collection, mesh):
@@ -333,7 +333,7 @@ def _solve_written(collection, mesh):
   return jax.tree.unflatten(treedef, leaves)
 
 
-def _layer_chips(module: nn.Module, w, x_fn, spec: Spec, stage: str):
+def _layer_chips(module: nn.Module, w, x_fn, spec: ChipSpec, stage: str):
   """The layer's chips `[G, ...]` at `stage` (see above), and their folded
   matrices.
 
@@ -392,7 +392,7 @@ def _layer_chips(module: nn.Module, w, x_fn, spec: Spec, stage: str):
   return chips, w_eff, w_bwd
 
 
-def _fit_gain(chip, w, x, spec: Spec, key):
+def _fit_gain(chip, w, x, spec: ChipSpec, key):
   """`[F]` per-column output gain (`spec.gain_correction`), or None: the
   least-squares fit of the calibrated chip's readings of the calibration
   inputs `x` (`[R, K]`) onto `x @ w` (`crossbar.column_gain`)."""
@@ -414,7 +414,7 @@ def _gained(module: nn.Module, y, groups: int = 1):
   return y * jax.lax.stop_gradient(gain).reshape(-1).astype(y.dtype)
 
 
-def _read_key(module: nn.Module, spec: Spec):
+def _read_key(module: nn.Module, spec: ChipSpec):
   return module.make_rng("read") if spec.device.read_noise > 0 else None
 
 
@@ -484,7 +484,7 @@ def _folded(op, x, w, w_eff, w_bwd, lo, hi, read=None):
   return f(x, w)
 
 
-def _clip_range(chips, spec: Spec, channels: int):
+def _clip_range(chips, spec: ChipSpec, channels: int):
   """Per-channel input range `[channels]` (each group its own scale)."""
   hi = jnp.repeat(chips.x_scale, channels // chips.x_scale.shape[0])
   lo = jnp.zeros_like(hi) if spec.inputs == "non_negative" else -hi
@@ -495,7 +495,7 @@ def _clip_range(chips, spec: Spec, channels: int):
 # The two layer computations, shared by the modules and the interceptor.
 
 
-def dense_on_chip(module: nn.Module, x, kernel, spec: Spec | None,
+def dense_on_chip(module: nn.Module, x, kernel, spec: ChipSpec | None,
                   stage: str = "read"):
   """`x @ kernel` (no bias) of a Dense layer, on its chip when spec is set
   (`stage`: what the layer does with its chip, see `STAGES`)."""
@@ -523,7 +523,7 @@ def dense_on_chip(module: nn.Module, x, kernel, spec: Spec | None,
 
 
 def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
-                 spec: Spec | None, stage: str = "read"):
+                 spec: ChipSpec | None, stage: str = "read"):
   """The convolution (no bias) of a Conv layer, on its chips when set
   (`stage`: what the layer does with its chips, see `STAGES`).
 
@@ -590,7 +590,7 @@ class CrossbarDense(nn.Dense):
   checkpoints move between the two.
   """
 
-  spec: Spec | None = None
+  spec: ChipSpec | None = None
 
   @nn.compact
   def __call__(self, inputs):
@@ -615,7 +615,7 @@ class CrossbarConv(nn.Conv):
   zeros). Same parameters as `nn.Conv`.
   """
 
-  spec: Spec | None = None
+  spec: ChipSpec | None = None
 
   @nn.compact
   def __call__(self, inputs):
@@ -672,7 +672,7 @@ def _warn_digital(module: nn.Module):
       stacklevel=2)
 
 
-def _interceptor(spec: Spec | None, stage: str):
+def _interceptor(spec: ChipSpec | None, stage: str):
   """Runs every `nn.Dense` / `nn.Conv` on its chip at `stage`: plain layers
   on `spec`, `CrossbarDense` / `CrossbarConv` on their own spec."""
 
@@ -703,7 +703,7 @@ def _interceptor(spec: Spec | None, stage: str):
   return intercept
 
 
-def on_crossbars(spec: Spec | None, *, stage: str = "read"):
+def on_crossbars(spec: ChipSpec | None, *, stage: str = "read"):
   """Runs every `nn.Dense` and `nn.Conv` called inside on crossbars.
 
   `CrossbarDense` / `CrossbarConv` keep their own `spec`. With spec None the
@@ -756,7 +756,7 @@ def _without_chips(variables):
   return {k: v for k, v in variables.items() if k != COLLECTION}
 
 
-def program(model: nn.Module, variables, x, spec: Spec | None, *, key,
+def program(model: nn.Module, variables, x, spec: ChipSpec | None, *, key,
             mesh=None, **apply_kwargs) -> dict[str, Any]:
   """Programs every crossbar layer of `model` on one chip instance.
 
@@ -800,7 +800,7 @@ def program(model: nn.Module, variables, x, spec: Spec | None, *, key,
   return finite.poison(state.get(COLLECTION, {}), ok)
 
 
-def apply(model: nn.Module, variables, chips, x, spec: Spec | None, *,
+def apply(model: nn.Module, variables, chips, x, spec: ChipSpec | None, *,
           key=None, refresh: bool = False, program_key=None, mesh=None,
           mutable=False, **apply_kwargs):
   """`model.apply` with its crossbar layers read from programmed chips.

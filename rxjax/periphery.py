@@ -542,7 +542,7 @@ def adc_bipolar(i, full_scale, adc: ADCSpec, *, offset=None,
                 gain=None) -> jax.Array:
   """Reading of signed currents by a bipolar (sign-magnitude) ADC.
 
-  Used with analog pair subtraction (`crossbar.Spec.pair_subtraction =
+  Used with analog pair subtraction (`crossbar.ChipSpec.pair_subtraction =
   "analog"`), where the sense amplifier digitizes `I+ - I-`. With `z = i /
   full_scale`, per-column gain and offset as in `adc`, the transfer curve
   of `adc` applied odd-symmetrically (`sign(z) curve(|z|)`), clipping to

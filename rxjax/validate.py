@@ -2,9 +2,9 @@
 
 Owns the config side of the edge (STYLE: configs stay at the edge):
 
-* `CHIP_FIELDS`: every field of a config's `chip` block, the `crossbar.Spec`
+* `CHIP_FIELDS`: every field of a config's `chip` block, the `crossbar.ChipSpec`
   field it sets, its unit and its valid range (docs/configs.md lists them).
-* `chip_spec`: a `chip` block -> `crossbar.Spec`, with errors that name the
+* `chip_spec`: a `chip` block -> `crossbar.ChipSpec`, with errors that name the
   config field as the user types it (`chip.adc_bits`), not the spec field.
 * `check`: a whole config -> the `Plan` of a run (every spec it will build:
   each evaluated tile size, the re-training chip, the Monte-Carlo chips, the
@@ -61,8 +61,8 @@ class ChipField:
 
   Attributes:
     name: the config field under `chip`.
-    target: `(sub_spec, attribute)` of `crossbar.Spec` it sets (sub_spec ""
-      for a top-level Spec field).
+    target: `(sub_spec, attribute)` of `crossbar.ChipSpec` it sets (sub_spec ""
+      for a top-level ChipSpec field).
     unit: its unit ("" when dimensionless).
     valid: its valid range, as the docs and errors say it.
     bits: a bit count whose 0 means full precision (None in the spec).
@@ -156,10 +156,10 @@ _SUBSPECS = {"mapping": mapping_lib.MappingSpec,
 
 
 def chip_defaults() -> dict[str, Any]:
-  """Each chip field's value that reproduces the `crossbar.Spec()` default
+  """Each chip field's value that reproduces the `crossbar.ChipSpec()` default
   (bit counts: 0 for None); work directories written before a field existed
   resume at this value."""
-  spec = crossbar.Spec()
+  spec = crossbar.ChipSpec()
   out = {}
   for f in CHIP_FIELDS:
     sub, attr = f.target
@@ -199,8 +199,8 @@ def _rename(message: str, names: dict[str, str]) -> tuple[str, str | None]:
 
 
 def chip_spec(chip, *, tile_size: int | None = None,
-              variation: bool = True, prefix: str = "chip") -> crossbar.Spec:
-  """The `crossbar.Spec` of a config's `chip` block.
+              variation: bool = True, prefix: str = "chip") -> crossbar.ChipSpec:
+  """The `crossbar.ChipSpec` of a config's `chip` block.
 
   Args:
     chip: the block (fields in `CHIP_FIELDS`, documented in
@@ -243,7 +243,7 @@ def chip_spec(chip, *, tile_size: int | None = None,
   for (sub, attr), f in _BY_TARGET.items():
     if sub:
       names[f"{sub}.{attr}"] = f"{prefix}.{f.name}"
-  return _build(crossbar.Spec, {**parts, **top}, names)
+  return _build(crossbar.ChipSpec, {**parts, **top}, names)
 
 
 def _build(kind, kwargs, names):
@@ -319,17 +319,17 @@ class Plan:
   """Every spec a run builds, made before any work.
 
   Attributes:
-    eval_specs: `{(mode, size): Spec}` for "ideal" / "nonideal" and each of
+    eval_specs: `{(mode, size): ChipSpec}` for "ideal" / "nonideal" and each of
       `eval.tile_sizes` (train.py) or `chip.tile_size` (eval.py).
     retrain_size: tile size re-trained for and used for the chip study.
     retrain_spec: the re-training chip (no variation), or None.
     chips_spec: the Monte-Carlo chip (with variation), or None.
-    txsim: `{name: (Spec, UpdateSpec)}` of a txsim run, else empty.
+    txsim: `{name: (ChipSpec, UpdateSpec)}` of a txsim run, else empty.
   """
   eval_specs: dict
   retrain_size: int
-  retrain_spec: crossbar.Spec | None
-  chips_spec: crossbar.Spec | None
+  retrain_spec: crossbar.ChipSpec | None
+  chips_spec: crossbar.ChipSpec | None
   txsim: dict
 
 
@@ -444,7 +444,7 @@ def _eval_spec(config, mode, size, field="chip.tile_size"):
 
 
 def txsim_plan(config) -> dict:
-  """Cross-Ideal and Cross-NI `(Spec, UpdateSpec)` of a txsim config.
+  """Cross-Ideal and Cross-NI `(ChipSpec, UpdateSpec)` of a txsim config.
 
   Raises:
     ConfigError: a bad `txsim.*` or `chip.*` field.

@@ -14,14 +14,14 @@ import pytest
 
 import rxjax
 from rxjax import circuit, crossbar, device, mapping, periphery
-from rxjax.crossbar import Spec
+from rxjax.crossbar import ChipSpec
 
 RERAM_WIRES = circuit.Wires(r_row=1.0, r_col=4.6, r_source=100.0,
                             r_sense=100.0)
 
 
 def _ideal(**kw):
-  return Spec.ideal(**kw)
+  return ChipSpec.ideal(**kw)
 
 
 def _small_tiles(spec, m=8, n=6):
@@ -178,9 +178,9 @@ def test_analog_pair_subtraction_matches_numpy():
   (with its column's offset and gain) digitizes I+ - I-, calibrated on the
   largest |I+ - I-|; then shift-and-add and the sum over tiles, in NumPy
   from the chip's G_eff. Two slices, two input cycles, 2 x 2 tiles."""
-  spec = _small_tiles(Spec(
+  spec = _small_tiles(ChipSpec(
       wires=RERAM_WIRES, inputs="non_negative", pair_subtraction="analog",
-      mapping=dataclasses.replace(Spec().mapping, weight_bits=4),
+      mapping=dataclasses.replace(ChipSpec().mapping, weight_bits=4),
       dac=periphery.DACSpec(input_bits=4, dac_bits=2),
       adc=periphery.ADCSpec(bits=5, offset_sigma=0.01, gain_sigma=0.02)))
   x, w = _data(8, 4, 12, 9, signed=False)
@@ -223,9 +223,9 @@ def test_polarity_split_read_equals_the_joint_read(monkeypatch, dac_model):
   (`crossbar._SPLIT_CURRENTS`); forcing that path on a small layer must give
   the joint read's numbers: ADC offsets and gains of each polarity's own
   columns, the negative crossbar subtracted."""
-  spec = _small_tiles(Spec(
+  spec = _small_tiles(ChipSpec(
       wires=RERAM_WIRES, inputs="signed",
-      mapping=dataclasses.replace(Spec().mapping, weight_bits=4),
+      mapping=dataclasses.replace(ChipSpec().mapping, weight_bits=4),
       dac=periphery.DACSpec(input_bits=4, dac_bits=2, model=dac_model),
       adc=periphery.ADCSpec(bits=6, offset_sigma=0.01, gain_sigma=0.02)))
   x, w = _data(10, 5, 12, 9)
@@ -272,7 +272,7 @@ def test_divider_dac_matches_numpy():
 
 
 def test_same_key_same_chip_different_keys_differ():
-  spec = _small_tiles(Spec())
+  spec = _small_tiles(ChipSpec())
   _, w = _data(8, 1, 20, 9)
   a = crossbar.program(w, spec, key=jax.random.key(3))
   b = crossbar.program(w, spec, key=jax.random.key(3))
@@ -282,7 +282,7 @@ def test_same_key_same_chip_different_keys_differ():
 
 
 def test_vmap_over_chip_instances_equals_loop():
-  spec = _small_tiles(Spec(inputs="non_negative"))
+  spec = _small_tiles(ChipSpec(inputs="non_negative"))
   x, w = _data(9, 4, 20, 9, signed=False)
   keys = jax.random.split(jax.random.key(0), 3)
   chips = jax.vmap(lambda k: crossbar.program(w, spec, key=k))(keys)
@@ -296,7 +296,7 @@ def test_vmap_over_chip_instances_equals_loop():
 
 
 def test_straight_through_gradient_is_matmul_gradient():
-  spec = _small_tiles(Spec())  # non-ideal forward
+  spec = _small_tiles(ChipSpec())  # non-ideal forward
   x, w = _data(10, 5, 14, 8)
   dy = jax.random.normal(jax.random.key(1), (5, 8), jnp.float64)
   loss = lambda x, w: jnp.sum(rxjax.matmul(x, w, spec, key=jax.random.key(2))
@@ -315,7 +315,7 @@ def test_ideal_spec_passes_check_grads():
 
 
 def test_transposed_read_gradient_is_explicit_backward_read():
-  spec = _small_tiles(Spec(backward="transposed_read",
+  spec = _small_tiles(ChipSpec(backward="transposed_read",
                            wires=dataclasses.replace(
                                RERAM_WIRES, r_source_backward=300.0)))
   x, w = _data(12, 4, 14, 8)
@@ -387,7 +387,7 @@ def test_ideal_backward_read_is_transposed_matmul():
 
 
 def test_read_noise_needs_key_and_varies_per_read():
-  spec = _small_tiles(Spec(device=dataclasses.replace(device.DeviceSpec(),
+  spec = _small_tiles(ChipSpec(device=dataclasses.replace(device.DeviceSpec(),
                                                       read_noise=0.05)))
   x, w = _data(15, 2, 10, 5)
   chip = crossbar.program(w, spec, key=jax.random.key(0))
@@ -402,31 +402,31 @@ def test_read_noise_needs_key_and_varies_per_read():
 
 def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="backward"):
-    Spec(backward="sideways")
+    ChipSpec(backward="sideways")
   with pytest.raises(ValueError, match="inputs"):
-    Spec(inputs="complex")
+    ChipSpec(inputs="complex")
   with pytest.raises(ValueError, match="divider_exact"):
-    Spec(backward="transposed_read",
+    ChipSpec(backward="transposed_read",
          dac=periphery.DACSpec(model="divider_exact"))
   with pytest.raises(TypeError, match="wires"):
-    Spec(wires=(1.0, 4.6))
+    ChipSpec(wires=(1.0, 4.6))
   with pytest.raises(ValueError, match="pair_subtraction"):
-    Spec(pair_subtraction="optical")
+    ChipSpec(pair_subtraction="optical")
   with pytest.raises(ValueError, match="mapping.signed='offset'"):
-    Spec(pair_subtraction="analog",
-         mapping=dataclasses.replace(Spec().mapping, signed="offset"))
+    ChipSpec(pair_subtraction="analog",
+         mapping=dataclasses.replace(ChipSpec().mapping, signed="offset"))
   with pytest.raises(ValueError, match="adc.bits=1"):
-    Spec(pair_subtraction="analog", adc=periphery.ADCSpec(bits=1))
+    ChipSpec(pair_subtraction="analog", adc=periphery.ADCSpec(bits=1))
   with pytest.raises(ValueError, match="r_row"):
-    Spec(wires=circuit.Wires(r_row=-1.0))
+    ChipSpec(wires=circuit.Wires(r_row=-1.0))
   x, w = _data(16, 2, 10, 5)
   with pytest.raises(ValueError, match=r"\[\.\.\., 10\]"):
     rxjax.matmul(x[:, :9], w, key=jax.random.key(0))
   with pytest.raises(ValueError, match="fan_in, fan_out"):
     rxjax.matmul(x, w[None], key=jax.random.key(0))
-  chip = crossbar.program(w, _small_tiles(Spec()), key=jax.random.key(0))
+  chip = crossbar.program(w, _small_tiles(ChipSpec()), key=jax.random.key(0))
   with pytest.raises(ValueError, match="transposed_read"):
-    crossbar.read(jnp.ones((2, 5)), chip, _small_tiles(Spec()),
+    crossbar.read(jnp.ones((2, 5)), chip, _small_tiles(ChipSpec()),
                   direction="backward")
 
 
@@ -438,7 +438,7 @@ def test_one_solve_of_many_chips_equals_a_solve_per_tile(backward,
   """`solve` of many written chips (one batch of all their tiles) gives each
   chip the `G_eff` of a direct solve of its own tiles (and the port
   admittance of the exact DAC), and equals `program` chip by chip."""
-  spec = _small_tiles(Spec(backward=backward, wires=circuit.Wires(
+  spec = _small_tiles(ChipSpec(backward=backward, wires=circuit.Wires(
       r_row=2.0, r_col=5.0, r_source=50.0, r_sense=20.0)))
   if divider_exact:
     spec = spec.replace(dac=periphery.DACSpec(model="divider_exact"))
@@ -482,10 +482,10 @@ def test_fold_is_the_linear_read(signed, direction):
   ("analog": differential pairs subtracted before one ADC per pair)."""
   pairs = "analog" if signed == "analog" else "digital"
   signed = "differential" if signed == "analog" else signed
-  spec = _small_tiles(Spec(
+  spec = _small_tiles(ChipSpec(
       dac=periphery.DACSpec.ideal(),
       adc=periphery.ADCSpec(bits=None, gain_sigma=0.05),
-      mapping=dataclasses.replace(Spec().mapping, signed=signed),
+      mapping=dataclasses.replace(ChipSpec().mapping, signed=signed),
       backward="transposed_read", pair_subtraction=pairs))
   assert spec.linear
   x, w = _data(3, 5, 19, 13)
@@ -509,7 +509,7 @@ def test_fold_is_the_linear_read(signed, direction):
 def test_aam_solver_programs_the_aam_conductance():
   """`solver="aam"` stores `circuit.aam_conductance` of the programmed
   devices, both directions, and stays close to the exact chip for ReRAM."""
-  spec = _small_tiles(Spec(backward="transposed_read"))
+  spec = _small_tiles(ChipSpec(backward="transposed_read"))
   aam = spec.replace(solver="aam", aam_paths=2)
   w = _data(3, 1, 20, 9)[1]
   key = jax.random.key(4)
@@ -527,15 +527,15 @@ def test_aam_solver_programs_the_aam_conductance():
   np.testing.assert_allclose(chip.g_eff, exact.g_eff, rtol=1e-3)
   assert not np.allclose(chip.g_eff, exact.g_eff, rtol=1e-9, atol=0)
   with pytest.raises(ValueError, match="solver"):
-    Spec(solver="spice")
+    ChipSpec(solver="spice")
   with pytest.raises(ValueError, match="aam_paths"):
-    Spec(solver="aam", aam_paths=0)
+    ChipSpec(solver="aam", aam_paths=0)
 
 
 def test_reprogram_at_the_same_weights_is_the_exact_chip():
   """Interpolated FCM with L = 1: the stored distortion applied to
   unchanged weights reproduces the exactly programmed chip."""
-  spec = _small_tiles(Spec(backward="transposed_read"))
+  spec = _small_tiles(ChipSpec(backward="transposed_read"))
   w = _data(8, 1, 20, 9)[1]
   key = jax.random.key(6)
   chip = crossbar.program(w, spec, key=key)
@@ -549,8 +549,8 @@ def test_reprogram_interpolates_the_distortion_of_changed_weights():
   the error is first order in the change (0.1% of the weights' scale: 0.06%
   of the IR distortion itself) and grows with it; the calibration is
   kept."""
-  spec = _small_tiles(Spec(backward="transposed_read",
-                           device=dataclasses.replace(Spec().device,
+  spec = _small_tiles(ChipSpec(backward="transposed_read",
+                           device=dataclasses.replace(ChipSpec().device,
                                                       device_bits=None)))
   spec = spec.replace(mapping=dataclasses.replace(spec.mapping,
                                                   weight_bits=None))
@@ -585,7 +585,7 @@ def test_backward_read_with_adc_matches_numpy(fan_in, fan_out, pairs):
   columns trimmed), several tile rows (padding rows in the last) and several
   tile columns. With analog pair subtraction the row ADCs are bipolar and
   digitize the pair's difference."""
-  spec = _small_tiles(Spec(backward="transposed_read",
+  spec = _small_tiles(ChipSpec(backward="transposed_read",
                            adc=periphery.ADCSpec(bits=5),
                            wires=RERAM_WIRES, pair_subtraction=pairs),
                       m=8, n=6)
@@ -636,4 +636,4 @@ def test_column_gain_is_the_per_column_least_squares_fit():
   with pytest.raises(ValueError, match="y_chip"):
     crossbar.column_gain(y_chip, y_ideal[..., :2])
   with pytest.raises(ValueError, match="gain_correction"):
-    crossbar.Spec(gain_correction="row")
+    crossbar.ChipSpec(gain_correction="row")

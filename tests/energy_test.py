@@ -24,7 +24,7 @@ IDEAL_WIRES = circuit.Wires.ideal()
 def _spec(m=16, n=16, weight_bits=8, device_bits=2, input_bits=8,
           dac_bits=1, adc_bits=8, inputs="non_negative", signed="differential",
           pairs="digital", wires=IDEAL_WIRES, sigma=0.0):
-  return crossbar.Spec(
+  return crossbar.ChipSpec(
       mapping=mapping.MappingSpec(tile_rows=m, tile_cols=n,
                                   weight_bits=weight_bits, signed=signed),
       device=device.DeviceSpec(device_bits=device_bits, sigma=sigma),

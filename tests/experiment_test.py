@@ -130,7 +130,7 @@ def test_a_different_config_in_the_same_workdir_is_refused(finished):
 def test_a_workdir_from_before_a_field_existed_resumes_at_its_old_value(
     tmp_path):
   # config.json written before `chip.pair_subtraction` (and the chip fields
-  # of every other Spec field) existed, with a finished re-training that
+  # of every other ChipSpec field) existed, with a finished re-training that
   # reads them.
   from rxjax import validate
   stored = json.loads(_config().to_json_best_effort())
@@ -274,7 +274,7 @@ def test_txsim_with_every_non_ideality_off_is_digital_sgd(tmp_path):
   on_chip = experiment.train(
       config, run, wd, phase="b", epochs=1,
       learning_rate=config.learning_rate,
-      spec=crossbar.Spec.ideal(backward="transposed_read"),
+      spec=crossbar.ChipSpec.ideal(backward="transposed_read"),
       update=device.UpdateSpec.ideal(), program_every=1)
   for a, b in zip(jax.tree.leaves(on_chip), jax.tree.leaves(digital)):
     # Float32 rounding of the weight -> conductance -> weight round trips

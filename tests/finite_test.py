@@ -21,7 +21,7 @@ from rxjax import nn as rnn
 
 FAST = hypothesis.settings(max_examples=15, deadline=None)
 KEY = jax.random.key(0)
-SPEC = crossbar.Spec(mapping=crossbar.mapping_lib.MappingSpec(
+SPEC = crossbar.ChipSpec(mapping=crossbar.mapping_lib.MappingSpec(
     tile_rows=8, tile_cols=8))
 
 
@@ -120,7 +120,7 @@ def test_a_tuple_for_wires_is_a_type_error():
 
 def test_a_string_spec_is_a_type_error():
   x, w = _xw()
-  with pytest.raises(TypeError, match="`spec` must be a rxjax.Spec"):
+  with pytest.raises(TypeError, match="`spec` must be a rxjax.ChipSpec"):
     rxjax.matmul(x, w, "ideal", key=KEY)
 
 
@@ -136,7 +136,7 @@ def test_an_empty_batch_gives_an_empty_output():
 
 def test_under_jit_a_nan_row_poisons_the_whole_output_and_the_status():
   x, w = _xw()
-  ideal = crossbar.Spec.ideal()
+  ideal = crossbar.ChipSpec.ideal()
   f = jax.jit(lambda x: rxjax.matmul(x, w, ideal, key=KEY,
                                      return_status=True))
   y, status = f(x)
@@ -151,7 +151,7 @@ def test_under_jit_a_nan_row_poisons_the_whole_output_and_the_status():
 def test_under_jit_nan_calibration_poisons_every_chip():
   model, variables, x = _mlp()
   x[0, 0, 0, 0] = np.nan
-  spec = crossbar.Spec.ideal(mapping=SPEC.mapping)  # Compiles quickly.
+  spec = crossbar.ChipSpec.ideal(mapping=SPEC.mapping)  # Compiles quickly.
   chips = jax.jit(lambda v, x: rnn.program(model, v, x, spec, key=KEY))(
       variables, x)
   status = finite.status(chips)

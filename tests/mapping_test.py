@@ -102,7 +102,7 @@ def _reference_program(w, mapping, device):
 
 
 # ---------------------------------------------------------------------------
-# Spec, slices and grid.
+# ChipSpec, slices and grid.
 
 
 def test_defaults_match_the_contract():

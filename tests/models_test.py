@@ -320,7 +320,7 @@ def _analog_cross_ideal():
   """Analog weights, full-precision converters, ideal wires: equals x @ W."""
   import dataclasses
   from rxjax import crossbar
-  spec = crossbar.Spec.ideal()
+  spec = crossbar.ChipSpec.ideal()
   return spec.replace(mapping=dataclasses.replace(spec.mapping,
                                                   weight_bits=None))
 

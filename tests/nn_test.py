@@ -23,20 +23,20 @@ import pytest
 
 from rxjax import circuit, crossbar, periphery
 from rxjax import nn as rnn
-from rxjax.crossbar import Spec
+from rxjax.crossbar import ChipSpec
 
 # Small tiles so that layers span several tile rows and columns.
-_MAP = dataclasses.replace(Spec().mapping, tile_rows=16, tile_cols=8)
+_MAP = dataclasses.replace(ChipSpec().mapping, tile_rows=16, tile_cols=8)
 # Linear read (folds into W_eff) with every circuit non-ideality on.
-LINEAR = Spec(mapping=_MAP, dac=periphery.DACSpec.ideal(),
+LINEAR = ChipSpec(mapping=_MAP, dac=periphery.DACSpec.ideal(),
               adc=periphery.ADCSpec.ideal())
 # Exercises the general (scan) read, but ideal: reproduces x @ w.
 _MAP_FULL = dataclasses.replace(_MAP, weight_bits=None)
-IDEAL = Spec.ideal(mapping=_MAP_FULL)
-IDEAL_GENERAL = Spec.ideal(dac=periphery.DACSpec(input_bits=40,
+IDEAL = ChipSpec.ideal(mapping=_MAP_FULL)
+IDEAL_GENERAL = ChipSpec.ideal(dac=periphery.DACSpec(input_bits=40,
                                                  dac_bits=None),
                            mapping=_MAP_FULL)
-DEFAULT_SMALL = Spec(mapping=_MAP)
+DEFAULT_SMALL = ChipSpec(mapping=_MAP)
 
 CONVS = [
     dict(kernel_size=(3, 3), padding="SAME"),
@@ -399,7 +399,7 @@ _SHARDED_PROBE = textwrap.dedent("""
     import numpy as np
     jax.config.update("jax_enable_x64", True)
     from rxjax import device, nn as rnn
-    from rxjax.crossbar import Spec
+    from rxjax.crossbar import ChipSpec
 
     class Net(nn.Module):
       @nn.compact
@@ -416,7 +416,7 @@ _SHARDED_PROBE = textwrap.dedent("""
       return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
     # One weight slice per pair: 58 tiles, not a multiple of 4 (padding).
-    spec = Spec(mapping=dataclasses.replace(Spec().mapping, tile_rows=16,
+    spec = ChipSpec(mapping=dataclasses.replace(ChipSpec().mapping, tile_rows=16,
                                             tile_cols=8),
                 device=device.DeviceSpec(device_bits=8),
                 backward="transposed_read")
@@ -517,7 +517,7 @@ def test_column_gain_correction_undoes_per_column_adc_gain_errors():
   scales its output by `1 + gain`: the fitted correction restores `x @ w`
   (the digital model) exactly; without it the outputs are off."""
   mapping = dataclasses.replace(_MAP_FULL, tile_rows=16, tile_cols=16)
-  spec = Spec.ideal(mapping=mapping, pair_subtraction="analog",
+  spec = ChipSpec.ideal(mapping=mapping, pair_subtraction="analog",
                     adc=periphery.ADCSpec(bits=None, gain_sigma=0.1))
   x = jax.random.normal(jax.random.key(0), (32, 5), jnp.float64)
   model = _Mlp()

@@ -2,7 +2,7 @@
 (issue 19 part 3).
 
 References: the ranges documented in docs/configs.md and the specs'
-dataclass fields (the round trip), `crossbar.Spec()` defaults, the work
+dataclass fields (the round trip), `crossbar.ChipSpec()` defaults, the work
 directory's absence (no work ran), the exit status and stderr of train.py.
 """
 
@@ -254,7 +254,7 @@ def test_every_spec_field_has_a_documented_config_field():
                     ("adc", crossbar.periphery.ADCSpec)):
     for field in dataclasses.fields(kind):
       assert (sub, field.name) in targets, (sub, field.name)
-  for field in dataclasses.fields(crossbar.Spec):
+  for field in dataclasses.fields(crossbar.ChipSpec):
     # gain_correction is the re-training's readout calibration, set by
     # `retrain.gain_correction` (documented with the retrain fields below).
     if field.name not in ("mapping", "device", "wires", "dac", "adc",
@@ -312,7 +312,7 @@ def test_every_chip_field_is_settable_on_the_command_line():
 def test_chip_defaults_are_the_spec_defaults():
   """An old config.json without the new fields resumes at what it ran."""
   chip = {k: v for k, v in validate.chip_defaults().items()}
-  assert validate.chip_spec(chip) == crossbar.Spec()
+  assert validate.chip_spec(chip) == crossbar.ChipSpec()
 
 
 # ---------------------------------------------------------------------------
