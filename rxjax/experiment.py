@@ -196,7 +196,8 @@ _ADDED_FIELDS = {"chip.pair_subtraction": "digital",
                                  "r_source_ohm", "r_sense_ohm", "input_bits",
                                  "dac_bits", "dac_model", "adc_bits",
                                  "pair_subtraction", "inputs")},
-                 "retrain.gain_correction": "none"}
+                 "retrain.gain_correction": "none",
+                 "retrain.backward": "straight_through"}
 
 
 # Where a run is placed, not what it computes: a work directory resumes with
@@ -363,7 +364,8 @@ def _checkpoints(workdir: Workdir, phase: str):
 
 def train_step(model, opt: optax.GradientTransformation,
                spec: crossbar.ChipSpec | None = None, *, has_stats: bool = False,
-               program: bool = False, mesh: jax.sharding.Mesh | None = None):
+               program: bool = False, mesh: jax.sharding.Mesh | None = None,
+               backward: str = "straight_through"):
   """The jitted training step that `train` runs.
 
   `step(state, chips, x, y) -> (state, chips, loss, accuracy)` with `state =
@@ -378,6 +380,13 @@ def train_step(model, opt: optax.GradientTransformation,
   equals `nn.program` followed by the step without a second pass over the
   batch. Benchmarks time this function.
 
+  `backward` (`config.retrain.backward`): "straight_through" as above;
+  "circuit" / "circuit_interpolated" read the current weights on `chips`
+  (their calibration kept, `G_eff` solved exactly every step or from the
+  stored distortion) and differentiate the loss through the linear read,
+  `G_eff` and the mapping (`rxjax.circuit_grad`); `chips` come back as
+  they went in.
+
   Data-parallel over `mesh` (DESIGN 6): pass `x` and `y` split over its
   axis (`distributed.global_batches`) and the rest replicated; every output
   comes back replicated, so XLA's collectives (the all-reduce GSPMD
@@ -387,6 +396,9 @@ def train_step(model, opt: optax.GradientTransformation,
   mutable = ["batch_stats"] if has_stats else []
   if program and spec is None:
     raise ValueError("`program=True` needs a chip `spec`")
+  if backward != "straight_through" and (spec is None or program):
+    raise ValueError(f"`backward` = {backward!r} needs a chip `spec` and "
+                     "programmed chips (not `program=True`)")
 
   def loss_fn(params, variables, chips, x, y):
     v = {**variables, "params": params}
@@ -398,6 +410,10 @@ def train_step(model, opt: optax.GradientTransformation,
     elif program:
       logits, new = rnn.apply(model, v, None, x, spec, program_key=chips,
                               mutable=mutable, **kw)
+    elif backward != "straight_through":
+      out = rnn.apply(model, v, chips, x, spec, backward=backward,
+                      mutable=mutable, **kw)
+      logits, new = out if mutable else (out, {})
     else:
       logits, new = rnn.apply(model, v, chips, x, spec, refresh=True,
                               mutable=mutable, **kw)
@@ -425,7 +441,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
           learning_rate: float, spec: crossbar.ChipSpec | None = None,
           init: dict | None = None, update: device_lib.UpdateSpec | None = None,
           program_every: int | None = None,
-          on_epoch: Callable[[int, dict], Any] | None = None) -> dict:
+          on_epoch: Callable[[int, dict], Any] | None = None,
+          backward: str = "straight_through") -> dict:
   """Trains digitally (spec None), re-trains (RxNN VII) or trains on a chip.
 
   With a spec, the forward pass runs on the chip and the backward pass as
@@ -443,6 +460,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   `phase`) and, every `config.log_every_steps` steps, the mean training loss
   and accuracy of those steps (phase `phase + "/steps"`). `on_epoch(epoch,
   variables)`, if given, is called after each epoch it trains (diagnostics).
+  `backward` (`config.retrain.backward`, `train_step`): the re-training
+  gradient, "straight_through" or circuit-aware.
 
   Returns:
     The trained variables.
@@ -471,7 +490,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
           lambda r: r.get("phase") in (phase, f"{phase}/steps")
           and r.get("step", 0) > start * steps_per_epoch)
   has_stats = "batch_stats" in variables
-  step = train_step(model, opt, spec, has_stats=has_stats, mesh=mesh)
+  step = train_step(model, opt, spec, has_stats=has_stats, mesh=mesh,
+                    backward=backward)
   exact_step = None
   if spec is not None and program_every:
     exact_step = train_step(model, opt, spec, has_stats=has_stats,
@@ -755,7 +775,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     final = train(config, run, wd, phase="retrain",
                   epochs=config.retrain.num_epochs,
                   learning_rate=config.retrain.learning_rate, spec=spec,
-                  init=variables)
+                  init=variables, backward=plan.retrain_backward)
     energy = {}
     summary["retrained"] = {_cross(size): wd.result(
         f"retrained/{_cross(size)}", lambda: evaluate_on_chip(
