@@ -44,7 +44,7 @@ re-training; "transposed_read": through the chip, TxSim). `apply(backward=
 weights and the mapping, converters straight-through (`circuit_grad`).
 
 It does not own the read (`crossbar.py`) or what to do with the layers
-(`experiment.py`).
+(`rxjax.experiment`).
 """
 
 from __future__ import annotations
