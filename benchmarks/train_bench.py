@@ -80,7 +80,7 @@ from configs import lenet_mnist, lenet_mnist_txsim  # noqa: E402
 INTERVAL = 10  # L, steps between exact programmings (interpolated FCM).
 
 
-def _setup(config):
+def txsim_setup(config):
   """Cross-NI spec, the two optimizers and the chip key, as `train` has them.
 
   Returns:
@@ -95,7 +95,9 @@ def _setup(config):
   return spec, digital, txsim, chip_key
 
 
-def _state(model, opt, x, seed):
+def initial_state(model, opt, x, seed):
+  """The training state `experiment.train` starts from: initial variables
+  from `seed` and `opt`'s state for them."""
   variables = experiment.init_variables(model, x, seed)
   return {"variables": variables, "opt_state": opt.init(variables["params"])}
 
@@ -120,15 +122,15 @@ def lenet(config, repeats):
   xs = jnp.asarray(d.x_train[:n]).reshape((INTERVAL, 128) + d.x_train.shape[1:])
   ys = jnp.asarray(d.y_train[:n]).reshape(INTERVAL, 128)
   model = models.get("lenet5", num_classes=d.num_classes)
-  spec, digital_opt, txsim_opt, chip_key = _setup(config)
+  spec, digital_opt, txsim_opt, chip_key = txsim_setup(config)
   digital_step = experiment.train_step(model, digital_opt)
   txsim_step = experiment.train_step(model, txsim_opt, spec)
   exact_step = experiment.train_step(model, txsim_opt, spec, program=True)
   ideal_spec = spec.replace(wires=circuit.Wires.ideal())  # No G_eff solve.
   exact_no_solve = experiment.train_step(model, txsim_opt, ideal_spec,
                                          program=True)
-  digital0 = _state(model, digital_opt, xs[0], config.seed)
-  txsim0 = _state(model, txsim_opt, xs[0], config.seed)
+  digital0 = initial_state(model, digital_opt, xs[0], config.seed)
+  txsim0 = initial_state(model, txsim_opt, xs[0], config.seed)
 
   def digital(state):
     for i in range(INTERVAL):
@@ -191,7 +193,7 @@ def mlp(config, repeats):
   model = models.get("mlp", num_classes=d.num_classes)
   n_params = models.count_params(model, d.x_train.shape[1:])
   assert n_params == 235_146, n_params  # 784-256-128-10.
-  spec, digital_opt, txsim_opt, chip_key = _setup(config)
+  spec, digital_opt, txsim_opt, chip_key = txsim_setup(config)
   digital_step = experiment.train_step(model, digital_opt)
   txsim_step = experiment.train_step(model, txsim_opt, spec)
   exact_step = experiment.train_step(model, txsim_opt, spec, program=True)
@@ -202,8 +204,8 @@ def mlp(config, repeats):
       d.x_train, d.y_train, batch_size,
       key_or_seed=jax.random.fold_in(jax.random.key(config.seed), 0)))
   assert len(batches) == math.ceil(len(d.x_train) / batch_size)
-  digital0 = _state(model, digital_opt, d.x_train, config.seed)
-  txsim0 = _state(model, txsim_opt, d.x_train, config.seed)
+  digital0 = initial_state(model, digital_opt, d.x_train, config.seed)
+  txsim0 = initial_state(model, txsim_opt, d.x_train, config.seed)
 
   def digital(state):
     for x, y in batches:

@@ -734,7 +734,7 @@ def _trim(chip: Chip, spec: ChipSpec) -> Chip:
 # Currents per scan step (elements) above which a digital-pair read runs the
 # two polarities as separate scans (`_read_forward`); below it the joint read
 # is faster.
-_SPLIT_CURRENTS = 2**20
+SPLIT_CURRENTS = 2**20
 
 
 def _read_forward(x, chip: Chip, spec: ChipSpec, key):
@@ -776,7 +776,7 @@ def _read_forward(x, chip: Chip, spec: ChipSpec, key):
   init = jnp.zeros((q, b, tc, n) if differential else (q, b, p, tc, n), dtype)
   split = (differential and not _analog(spec)
            and spec.dac.model != "divider_exact"
-           and q * b * s * p * tc * n > _SPLIT_CURRENTS)
+           and q * b * s * p * tc * n > SPLIT_CURRENTS)
   if split:
     # The two crossbars of a pair are digitized separately, so they can be
     # read one after the other: each scan step's currents are then half
