@@ -261,7 +261,7 @@ def retrain(repeats):
   x, y = jnp.asarray(d.x_train[:128]), jnp.asarray(d.y_train[:128])
   model = models.get("lenet5", num_classes=d.num_classes)
   opt = optax.adam(config.retrain.learning_rate)
-  state = _state(model, opt, x, config.seed)
+  state = initial_state(model, opt, x, config.seed)
   chip_key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
   program = experiment.program_fn(model, spec)
   chips = program(state["variables"], jnp.asarray(d.x_train[:256]),
