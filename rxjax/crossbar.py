@@ -280,10 +280,16 @@ def _design_full_scale(spec: ChipSpec, dtype) -> jax.Array:
       spec.dac.v_read * spec.mapping.tile_rows * spec.device.g_max, dtype)
 
 
+def variation_key(key):
+  """The key of a chip instance's device variation draw, from the chip's
+  key (`write`, `reprogram`; `rxjax.circuit_grad` draws the same)."""
+  return jax.random.fold_in(key, 0)
+
+
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _map_and_vary(w, spec: ChipSpec, key):
   mapped = mapping_lib.program(w, spec.mapping, spec.device)
-  g = device_lib.vary(mapped.g, spec.device, key=jax.random.fold_in(key, 0))
+  g = device_lib.vary(mapped.g, spec.device, key=variation_key(key))
   return g, mapped.w_scale
 
 

@@ -94,7 +94,8 @@ def checkpoint_manager(workdir: Workdir, phase: str) -> ocp.CheckpointManager:
 
 def train_step(model, opt: optax.GradientTransformation,
                spec: crossbar.ChipSpec | None = None, *, has_stats: bool = False,
-               program: bool = False, mesh: jax.sharding.Mesh | None = None):
+               program: bool = False, mesh: jax.sharding.Mesh | None = None,
+               backward: str = "straight_through"):
   """The jitted training step that `train` runs.
 
   `step(state, chips, x, y) -> (state, chips, loss, accuracy)` with `state =
@@ -109,6 +110,13 @@ def train_step(model, opt: optax.GradientTransformation,
   equals `nn.program` followed by the step without a second pass over the
   batch. Benchmarks time this function.
 
+  `backward` (`config.retrain.backward`): "straight_through" as above;
+  "circuit" / "circuit_interpolated" read the current weights on `chips`
+  (their calibration kept, `G_eff` solved exactly every step or from the
+  stored distortion) and differentiate the loss through the linear read,
+  `G_eff` and the mapping (`rxjax.circuit_grad`); `chips` come back as
+  they went in.
+
   Data-parallel over `mesh` (DESIGN 6): pass `x` and `y` split over its
   axis (`distributed.global_batches`) and the rest replicated; every output
   comes back replicated, so XLA's collectives (the all-reduce GSPMD
@@ -118,6 +126,9 @@ def train_step(model, opt: optax.GradientTransformation,
   mutable = ["batch_stats"] if has_stats else []
   if program and spec is None:
     raise ValueError("`program=True` needs a chip `spec`")
+  if backward != "straight_through" and (spec is None or program):
+    raise ValueError(f"`backward` = {backward!r} needs a chip `spec` and "
+                     "programmed chips (not `program=True`)")
 
   def loss_fn(params, variables, chips, x, y):
     v = {**variables, "params": params}
@@ -129,6 +140,10 @@ def train_step(model, opt: optax.GradientTransformation,
     elif program:
       logits, new = rnn.apply(model, v, None, x, spec, program_key=chips,
                               mutable=mutable, **kw)
+    elif backward != "straight_through":
+      out = rnn.apply(model, v, chips, x, spec, backward=backward,
+                      mutable=mutable, **kw)
+      logits, new = out if mutable else (out, {})
     else:
       logits, new = rnn.apply(model, v, chips, x, spec, refresh=True,
                               mutable=mutable, **kw)
@@ -156,7 +171,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
           learning_rate: float, spec: crossbar.ChipSpec | None = None,
           init: dict | None = None, update: device_lib.UpdateSpec | None = None,
           program_every: int | None = None,
-          on_epoch: Callable[[int, dict], Any] | None = None) -> dict:
+          on_epoch: Callable[[int, dict], Any] | None = None,
+          backward: str = "straight_through") -> dict:
   """Trains digitally (spec None), re-trains (RxNN VII) or trains on a chip.
 
   With a spec, the forward pass runs on the chip and the backward pass as
@@ -174,6 +190,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   `phase`) and, every `config.log_every_steps` steps, the mean training loss
   and accuracy of those steps (phase `phase + "/steps"`). `on_epoch(epoch,
   variables)`, if given, is called after each epoch it trains (diagnostics).
+  `backward` (`config.retrain.backward`, `train_step`): the re-training
+  gradient, "straight_through" or circuit-aware.
 
   Returns:
     The trained variables.
@@ -201,7 +219,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
         lambda r: r.get("phase") in (phase, f"{phase}/steps")
         and r.get("step", 0) > start * steps_per_epoch)
   has_stats = "batch_stats" in variables
-  step = train_step(model, opt, spec, has_stats=has_stats, mesh=mesh)
+  step = train_step(model, opt, spec, has_stats=has_stats, mesh=mesh,
+                    backward=backward)
   exact_step = None
   if spec is not None and program_every:
     exact_step = train_step(model, opt, spec, has_stats=has_stats,

@@ -89,7 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     final = train(config, run, wd, phase="retrain",
                   epochs=config.retrain.num_epochs,
                   learning_rate=config.retrain.learning_rate, spec=spec,
-                  init=variables)
+                  init=variables, backward=plan.retrain_backward)
     energy = {}
     summary["retrained"] = {_cross(size): wd.result(
         f"retrained/{_cross(size)}", lambda: evaluate_on_chip(
