@@ -25,7 +25,7 @@ chip:
   non-ideal read (TxSim training).
 * `matmul`: the one-call, NumPy-like entry point.
 
-It does not own the circuit solve (`circuit.py`), the weight <-> conductance
+It does not own the circuit solve (`rxjax.circuit`), the weight <-> conductance
 map (`mapping.py`), device physics (`device.py`) or the converter models
 (`periphery.py`): it composes them.
 
@@ -73,7 +73,7 @@ class ChipSpec:
   Attributes:
     mapping: tiles, weight precision, signed-weight scheme (`mapping.py`).
     device: conductance range, device precision, variation (`device.py`).
-    wires: parasitic resistances of every tile, in ohm (`circuit.py`).
+    wires: parasitic resistances of every tile, in ohm (`rxjax.circuit`).
     dac: input precision, DAC resolution and model (`periphery.py`).
     adc: ADC resolution, calibration and non-idealities (`periphery.py`).
     backward: gradient of `crossbar_matmul` w.r.t. its input:

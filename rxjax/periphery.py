@@ -16,7 +16,7 @@ RxNN section V (fig. 4) and DESIGN.md section 3:
 * calibration of the input scale and of the ADC full scale from calibration
   batches (`calibrate`, `input_scale`, `full_scale`; TxSim IV-B).
 
-It does not own the crossbar network (`circuit.py`), the mapping of weights
+It does not own the crossbar network (`rxjax.circuit`), the mapping of weights
 (`mapping.py`) or the composition of the stages (`crossbar.py`).
 
 Signed inputs. Everything here sees only non-negative normalized inputs
