@@ -376,7 +376,8 @@ def train_step(model, opt: optax.GradientTransformation,
   current weights exactly on that chip (every `G_eff` solved, ADCs
   calibrated on `x`: TxSim's exact FCM) in its own forward pass, which
   equals `nn.program` followed by the step without a second pass over the
-  batch. Benchmarks time this function.
+  batch; its tiles' solve is split over `mesh` (`crossbar.solve`).
+  Benchmarks time this function.
 
   Data-parallel over `mesh` (DESIGN 6): pass `x` and `y` split over its
   axis (`distributed.global_batches`) and the rest replicated; every output
@@ -397,7 +398,7 @@ def train_step(model, opt: optax.GradientTransformation,
       logits, new = out
     elif program:
       logits, new = rnn.apply(model, v, None, x, spec, program_key=chips,
-                              mutable=mutable, **kw)
+                              mesh=mesh, mutable=mutable, **kw)
     else:
       logits, new = rnn.apply(model, v, chips, x, spec, refresh=True,
                               mutable=mutable, **kw)
@@ -481,7 +482,7 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   chip_key = distributed.replicate(
       jax.random.fold_in(jax.random.key(config.seed), 1_000_003), mesh)
   if spec is not None:
-    program = functools.partial(program_fn(model, spec), key=chip_key)
+    program = functools.partial(program_fn(model, spec, mesh), key=chip_key)
   progress = Progress(phase, (epochs - start) * steps_per_epoch)
   log_every = config.log_every_steps
   for epoch in range(start, epochs):
@@ -561,10 +562,16 @@ _COMPILED = 8
 
 
 @functools.lru_cache(maxsize=_COMPILED)
-def program_fn(model, spec):
-  """`rnn.program(model, variables, x, spec, key=key)` as a function of
-  `(variables, x, key)`, compiled once per (model, spec)."""
-  return jax.jit(lambda v, x, key: rnn.program(model, v, x, spec, key=key))
+def program_fn(model, spec, mesh: jax.sharding.Mesh | None = None):
+  """`rnn.program(model, variables, x, spec, key=key, mesh=mesh)` as a
+  function of `(variables, x, key)`, compiled once per (model, spec, mesh).
+
+  With the run's `mesh`, the tile axis of the network's one batched solve
+  is split over its devices (`crossbar.solve`) and the solved chips come
+  back replicated: every device reads the whole network. The weights and
+  key must be on the mesh's devices (`distributed.on_mesh`)."""
+  return jax.jit(lambda v, x, key: rnn.program(model, v, x, spec, key=key,
+                                               mesh=mesh))
 
 
 @functools.lru_cache(maxsize=_COMPILED)
@@ -582,7 +589,9 @@ def evaluate_on_chip(run: Setup, variables, spec, *, key,
   """Programs one chip instance (calibrated on the run's calibration set)
   and returns its test accuracy; fills `energy` (if given) with
   `chip_energy` of the same programmed chip."""
-  chips = program_fn(run.model, spec)(variables, run.calib, key=key)
+  variables, key = distributed.on_mesh((variables, key), run.mesh)
+  chips = program_fn(run.model, spec, run.mesh)(variables, run.calib,
+                                                 key=key)
   if energy is not None:
     energy.update(chip_energy(run, variables, spec, chips=chips))
   return accuracy(run.model, variables, run.data, spec, chips=chips,
@@ -632,7 +641,8 @@ def chip_energy(run: Setup, variables, spec, *, chips=None, key=None) -> dict:
   (one compile serves every chip of the run).
   """
   if chips is None:
-    chips = program_fn(run.model, spec)(variables, run.calib, key=key)
+    v, key = distributed.on_mesh((variables, key), run.mesh)
+    chips = program_fn(run.model, spec, run.mesh)(v, run.calib, key=key)
   jax.block_until_ready(chips)  # The programming is the evaluation's.
   start = time.perf_counter()
   report = energy_lib.estimate(run.model, variables,
