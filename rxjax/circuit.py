@@ -1146,7 +1146,7 @@ def _aam_impl(g, resistances, paths):
   return jnp.transpose(g_eff, (2, 0, 1)).reshape(batch + (m, n))
 
 
-_AAM_GROUP_ELEMENTS = 2**14  # tiles per group x M x N: 4 tiles of 64 x 64
+AAM_GROUP_ELEMENTS = 2**14  # tiles per group x M x N: 4 tiles of 64 x 64
 
 
 def _aam_grouped(g, resistances, paths):
@@ -1157,7 +1157,7 @@ def _aam_grouped(g, resistances, paths):
   batch = g.shape[:-2]
   flat = g.reshape((-1, m, n))
   count = flat.shape[0]
-  group = max(1, _AAM_GROUP_ELEMENTS // (m * n))
+  group = max(1, AAM_GROUP_ELEMENTS // (m * n))
   if count <= group:
     return _aam_impl(flat, resistances, paths).reshape(batch + (m, n))
   pad = -count % group

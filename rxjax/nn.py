@@ -39,10 +39,12 @@ float rounding; otherwise the patches go through `crossbar.crossbar_matmul`.
 
 Gradients: w.r.t. the weights, the ideal ones (`x.T @ dy`); w.r.t. the
 inputs, `spec.backward` ("straight_through": floating point, RxNN
-re-training; "transposed_read": through the chip, TxSim).
+re-training; "transposed_read": through the chip, TxSim). `apply(backward=
+"circuit")` instead differentiates through the exact `G_eff` of the current
+weights and the mapping, converters straight-through (`circuit_grad`).
 
 It does not own the read (`crossbar.py`) or what to do with the layers
-(`experiment.py`).
+(`rxjax.experiment`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from rxjax import circuit_grad
 from rxjax import crossbar
 from rxjax import finite
 
@@ -285,11 +288,16 @@ _patches.defvjp(_patches_fwd, _patches_bwd)
 #   "refresh"    reprogram the current weights with the stored distortion
 #                (`crossbar.reprogram`); read
 #   "read"       read the stored chips
+#   "circuit"    the current weights on the stored chips, `G_eff` solved
+#                exactly, differentiable in the weights (`circuit_grad`);
+#                read, with the gradient of the linear read through `W_eff`
+#   "circuit_interpolated"  the same with the stored distortion
 #
 # Between the "write" and the "calibrate" pass, `_solve_written` solves the
 # tiles of every layer in one `crossbar.solve`.
 
-STAGES = ("write", "calibrate", "refresh", "read")
+STAGES = ("write", "calibrate", "refresh", "read") + tuple(
+    circuit_grad.STAGES.values())
 
 
 def _per_group(fn, *args):
@@ -349,7 +357,10 @@ def _layer_chips(module: nn.Module, w, x_fn, spec: ChipSpec, stage: str):
     the pass to the next layer); otherwise `(chips, w_eff, w_eff_bwd)`, the
     folded matrices `[G, K, F]` / `[G, F, K]` (`crossbar.fold`) when
     `spec.linear` (the backward one with the transposed read), else None.
+    At the circuit stages `w_eff` is always there, with its converters
+    straight-through (`circuit_grad.fold`), and carries `w`'s gradient.
   """
+  w_live = w
   w = jax.lax.stop_gradient(w)
   if stage == "write":
     keys = _group_keys(module.make_rng(RNG), w.shape[0])
@@ -367,6 +378,10 @@ def _layer_chips(module: nn.Module, w, x_fn, spec: ChipSpec, stage: str):
     return (chips, module.get_variable(COLLECTION, "w_eff"),
             module.get_variable(COLLECTION, "w_eff_bwd"))
   keys = module.get_variable(COLLECTION, "key")
+  if stage in circuit_grad.STAGES.values():  # Nothing stored.
+    chips = circuit_grad.program(w_live, chips, keys, spec,
+                                 exact=stage == "circuit")
+    return chips, circuit_grad.fold(chips, spec), None
   if stage == "calibrate":
 
     def one(c, x_g, w_g, key):
@@ -508,7 +523,14 @@ def dense_on_chip(module: nn.Module, x, kernel, spec: ChipSpec | None,
   if layer is None:  # Written, not solved yet: digital.
     return x @ kernel.astype(x.dtype)
   chips, w_eff, w_bwd = layer
-  if spec.linear:
+  if stage in circuit_grad.STAGES.values():
+    lo, hi = _clip_range(chips, spec, 1)
+    chip = jax.lax.stop_gradient(jax.tree.map(lambda a: a[0], chips))
+    y = circuit_grad.straight_through(
+        jnp.clip(x2, lo, hi) @ w_eff[0].astype(x.dtype),
+        lambda: crossbar.read(jax.lax.stop_gradient(x2), chip, spec,
+                              key=_read_key(module, spec)), spec)
+  elif spec.linear:
     lo, hi = _clip_range(chips, spec, 1)
     bwd = None if w_bwd is None else w_bwd[0].T
     y = _folded(jnp.matmul, x2, kernel.astype(x.dtype),
@@ -552,7 +574,15 @@ def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
     y = conv(x, kernel)
   else:
     chips, w_eff, w_bwd = layer
-    if spec.linear:
+    y_lin = None
+    if stage in circuit_grad.STAGES.values():
+      lo, hi = _clip_range(chips, spec, x.shape[-1])
+      y_lin = conv(jnp.clip(x, lo, hi),
+                   matrix_to_kernel(w_eff, conv.k).astype(x.dtype))
+      chips = jax.lax.stop_gradient(chips)
+    if y_lin is not None and spec.linear:
+      y = y_lin
+    elif spec.linear:
       lo, hi = _clip_range(chips, spec, x.shape[-1])
       k_eff = matrix_to_kernel(w_eff, conv.k).astype(x.dtype)
       k_bwd = None
@@ -574,6 +604,8 @@ def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
         y = _per_group(read, p, w, chips, keys)
       y = jnp.moveaxis(y, 0, 1).reshape(
           (x.shape[0],) + out_spatial + (kernel.shape[-1],)).astype(x.dtype)
+      if y_lin is not None:
+        y = circuit_grad.straight_through(y_lin, lambda: y, spec)
     if chips is not None:
       y = _gained(module, y)
   return y.reshape(batch + y.shape[1:])
@@ -840,7 +872,8 @@ def program(model: nn.Module, variables, x, spec: ChipSpec | None, *, key,
 
 def apply(model: nn.Module, variables, chips, x, spec: ChipSpec | None, *,
           key=None, refresh: bool = False, program_key=None, mesh=None,
-          mutable=False, **apply_kwargs):
+          backward: str = "straight_through", mutable=False,
+          **apply_kwargs):
   """`model.apply` with its crossbar layers read from programmed chips.
 
   Args:
@@ -859,6 +892,13 @@ def apply(model: nn.Module, variables, chips, x, spec: ChipSpec | None, *,
       calibration pass is this call's forward pass). Returns `(output,
       state)` then.
     mesh: with `program_key`, the mesh that shares the solve (`program`).
+    backward: the re-training gradient (`circuit_grad.BACKWARDS`):
+      "straight_through" (the layers' own VJPs, `ChipSpec.backward`) or
+      "circuit" / "circuit_interpolated": the current `variables["params"]`
+      on the chips (their calibration kept), `G_eff` solved exactly or from
+      the stored distortion, and the gradient through the linear read,
+      `G_eff` and the mapping (`rxjax.circuit_grad` says exactly what is
+      differentiated). The chips are not changed.
     mutable: other collections to update (e.g. ["batch_stats"]).
     **apply_kwargs: passed to `model.apply`.
 
@@ -875,17 +915,25 @@ def apply(model: nn.Module, variables, chips, x, spec: ChipSpec | None, *,
     return _on_auto_axes(
         lambda v, c, x, k, pk: apply(
             model, v, c, x, spec, key=k, refresh=refresh, program_key=pk,
-            mesh=_auto(mesh), mutable=mutable, **apply_kwargs),
+            mesh=_auto(mesh), backward=backward, mutable=mutable,
+            **apply_kwargs),
         out, variables, chips, x, key, program_key)
   variables = _without_chips(variables)
   rngs = {} if key is None else {"read": key}
   mutable = list(mutable) if mutable else []
+  if backward not in circuit_grad.BACKWARDS:
+    raise ValueError(f"`backward` must be one of {circuit_grad.BACKWARDS}, "
+                     f"got {backward!r}")
+  if backward != "straight_through" and (refresh or program_key is not None):
+    raise ValueError(f"`backward` = {backward!r} reads the current weights "
+                     "on the stored chips itself: pass neither `refresh` "
+                     "nor `program_key`")
   if program_key is not None:
     return _program_and_apply(model, variables, x, spec, program_key, mesh,
                               rngs, mutable, apply_kwargs)
   if chips:
     variables[COLLECTION] = chips
-  stage = "read"
+  stage = circuit_grad.STAGES.get(backward, "read")
   if refresh:
     stage = "refresh"
     mutable.append(COLLECTION)
