@@ -108,7 +108,8 @@ def train_step(model, opt: optax.GradientTransformation,
   current weights exactly on that chip (every `G_eff` solved, ADCs
   calibrated on `x`: TxSim's exact FCM) in its own forward pass, which
   equals `nn.program` followed by the step without a second pass over the
-  batch. Benchmarks time this function.
+  batch; its tiles' solve is split over `mesh` (`crossbar.solve`).
+  Benchmarks time this function.
 
   `backward` (`config.retrain.backward`): "straight_through" as above;
   "circuit" / "circuit_interpolated" read the current weights on `chips`
@@ -139,7 +140,7 @@ def train_step(model, opt: optax.GradientTransformation,
       logits, new = out
     elif program:
       logits, new = rnn.apply(model, v, None, x, spec, program_key=chips,
-                              mutable=mutable, **kw)
+                              mesh=mesh, mutable=mutable, **kw)
     elif backward != "straight_through":
       out = rnn.apply(model, v, chips, x, spec, backward=backward,
                       mutable=mutable, **kw)
@@ -230,7 +231,7 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   chip_key = distributed.replicate(
       keys.chip_key(config.seed), mesh)
   if spec is not None:
-    program = functools.partial(program_fn(model, spec), key=chip_key)
+    program = functools.partial(program_fn(model, spec, mesh), key=chip_key)
   progress = Progress(phase, (epochs - start) * steps_per_epoch)
   log_every = config.log_every_steps
   for epoch in range(start, epochs):
