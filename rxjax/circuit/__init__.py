@@ -16,7 +16,7 @@ ground. It computes
   devices are far more resistive than the wires).
 
 It does not own device physics (variation, updates: `device.py`), converters
-(`periphery.py`) or the mapping of weights to conductances (`mapping.py`).
+(`rxjax.periphery`) or the mapping of weights to conductances (`mapping.py`).
 
 RxNN section V-B derives the same exact `G_eff` from Kirchhoff's laws and row
 reduction of the column systems. The algorithm here uses the structure of the
