@@ -91,8 +91,8 @@ def txsim_setup(config):
   lr = config.learning_rate
   digital = optax.sgd(lr)
   txsim = optax.chain(optax.sgd(lr), optim.apply_device_response(
-      update, spec.device, key=jax.random.PRNGKey(config.seed + 1)))
-  chip_key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
+      update, spec.device, key=experiment.keys.update_key(config.seed)))
+  chip_key = experiment.keys.chip_key(config.seed)
   return spec, digital, txsim, chip_key
 
 
@@ -203,7 +203,7 @@ def mlp(config, repeats):
       program=True)
   batches = list(data.batches(
       d.x_train, d.y_train, batch_size,
-      key_or_seed=jax.random.fold_in(jax.random.key(config.seed), 0)))
+      key_or_seed=experiment.keys.epoch_key(config.seed, 0)))
   assert len(batches) == math.ceil(len(d.x_train) / batch_size)
   digital0 = initial_state(model, digital_opt, d.x_train, config.seed)
   txsim0 = initial_state(model, txsim_opt, d.x_train, config.seed)

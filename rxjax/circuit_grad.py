@@ -51,7 +51,7 @@ whatever `ChipSpec.backward` says; the weight gradient is `W_eff`'s VJP of
 `clip(x).T @ dy` back through the solve and the mapping.
 
 It does not own the layers (`nn.py`), the read (`crossbar.py`) or the solve
-(`circuit.py`).
+(`rxjax.circuit`).
 """
 
 from __future__ import annotations

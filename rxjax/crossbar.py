@@ -25,9 +25,9 @@ chip:
   non-ideal read (TxSim training).
 * `matmul`: the one-call, NumPy-like entry point.
 
-It does not own the circuit solve (`circuit.py`), the weight <-> conductance
+It does not own the circuit solve (`rxjax.circuit`), the weight <-> conductance
 map (`mapping.py`), device physics (`device.py`) or the converter models
-(`periphery.py`): it composes them.
+(`rxjax.periphery`): it composes them.
 
 Conventions. Inputs are scaled by a per-layer input scale `x_scale` into
 `[-1, 1]` and applied as two passes (positive part, then negative part, the
@@ -73,9 +73,9 @@ class ChipSpec:
   Attributes:
     mapping: tiles, weight precision, signed-weight scheme (`mapping.py`).
     device: conductance range, device precision, variation (`device.py`).
-    wires: parasitic resistances of every tile, in ohm (`circuit.py`).
-    dac: input precision, DAC resolution and model (`periphery.py`).
-    adc: ADC resolution, calibration and non-idealities (`periphery.py`).
+    wires: parasitic resistances of every tile, in ohm (`rxjax.circuit`).
+    dac: input precision, DAC resolution and model (`rxjax.periphery`).
+    adc: ADC resolution, calibration and non-idealities (`rxjax.periphery`).
     backward: gradient of `crossbar_matmul` w.r.t. its input:
       "straight_through" (floating point, `dy @ w.T`; RxNN re-training) or
       "transposed_read" (the error signal read backwards through the

@@ -788,6 +788,39 @@ def _without_chips(variables):
   return {k: v for k, v in variables.items() if k != COLLECTION}
 
 
+def _explicit_context() -> bool:
+  """Whether the current mesh (`jax.set_mesh`) has Explicit axes."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return not mesh.empty and bool(mesh.explicit_axes)
+
+
+def _auto(mesh):
+  """`mesh` with every axis Auto (None stays None)."""
+  if mesh is None or not mesh.explicit_axes:
+    return mesh
+  auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
+  return jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+
+
+def _batch_spec(x) -> jax.sharding.PartitionSpec:
+  """The sharding of `x`'s leading (batch) axis, as a spec for outputs
+  with that leading axis."""
+  spec = jax.typeof(x).sharding.spec
+  return jax.sharding.PartitionSpec(spec[0] if len(spec) else None)
+
+
+def _on_auto_axes(fn, out_sharding, *args):
+  """`fn(*args)` with the current Explicit mesh's axes turned Auto.
+
+  The crossbar layers reshape batch-sharded activations into rows of tile
+  inputs and scan over tile rows with accumulators that start unsharded;
+  under Explicit axes (sharding in types) JAX asks for the output sharding
+  of every such reshape and scan carry. Inside, placement is GSPMD's, as on
+  an Auto mesh; the outputs come back as `out_sharding` says.
+  """
+  return jax.sharding.auto_axes(fn, out_sharding=out_sharding)(*args)
+
+
 def program(model: nn.Module, variables, x, spec: ChipSpec | None, *, key,
             mesh=None, **apply_kwargs) -> dict[str, Any]:
   """Programs every crossbar layer of `model` on one chip instance.
@@ -824,6 +857,11 @@ def program(model: nn.Module, variables, x, spec: ChipSpec | None, *, key,
     ValueError: a weight or a calibration input is NaN or inf (outside
       jit); the message names the variable.
   """
+  if _explicit_context():  # Chips replicated, as `solve` gathers them.
+    return _on_auto_axes(
+        lambda v, x, k: program(model, v, x, spec, key=k, mesh=_auto(mesh),
+                                **apply_kwargs),
+        jax.sharding.PartitionSpec(), variables, x, key)
   variables = _without_chips(variables)
   ok = finite.all_true(finite.check("variables", variables),
                        finite.check("x", x, "calibration batch"))
@@ -869,6 +907,17 @@ def apply(model: nn.Module, variables, chips, x, spec: ChipSpec | None, *,
     `(output, state)` with the updated collections (the new chips under
     "chips").
   """
+  if _explicit_context():
+    # The output keeps `x`'s batch sharding; the collections replicated.
+    batch = _batch_spec(x)
+    out = (batch, jax.sharding.PartitionSpec()) if (
+        refresh or program_key is not None or mutable) else batch
+    return _on_auto_axes(
+        lambda v, c, x, k, pk: apply(
+            model, v, c, x, spec, key=k, refresh=refresh, program_key=pk,
+            mesh=_auto(mesh), backward=backward, mutable=mutable,
+            **apply_kwargs),
+        out, variables, chips, x, key, program_key)
   variables = _without_chips(variables)
   rngs = {} if key is None else {"read": key}
   mutable = list(mutable) if mutable else []

@@ -26,6 +26,7 @@ from rxjax import device as device_lib
 from rxjax import distributed
 from rxjax import nn as rnn
 from rxjax import optim
+from rxjax.experiment import keys
 from rxjax.experiment.evaluation import accuracy, program_fn
 from rxjax.experiment.progress import Progress
 from rxjax.experiment.run import Setup, init_variables
@@ -33,7 +34,8 @@ from rxjax.experiment.workdir import Workdir
 
 
 def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
-              epochs: int, learning_rate: float) -> optax.GradientTransformation:
+              epochs: int,
+              learning_rate: float) -> optax.GradientTransformation:
   """The config's optimizer (`optimizer`: "sgd" with `momentum`, or "adam";
   `weight_decay` added first) on a cosine decay of `learning_rate` over
   `epochs * steps_per_epoch` steps: what `train` runs."""
@@ -106,7 +108,8 @@ def train_step(model, opt: optax.GradientTransformation,
   current weights exactly on that chip (every `G_eff` solved, ADCs
   calibrated on `x`: TxSim's exact FCM) in its own forward pass, which
   equals `nn.program` followed by the step without a second pass over the
-  batch. Benchmarks time this function.
+  batch; its tiles' solve is split over `mesh` (`crossbar.solve`).
+  Benchmarks time this function.
 
   `backward` (`config.retrain.backward`): "straight_through" as above;
   "circuit" / "circuit_interpolated" read the current weights on `chips`
@@ -137,7 +140,7 @@ def train_step(model, opt: optax.GradientTransformation,
       logits, new = out
     elif program:
       logits, new = rnn.apply(model, v, None, x, spec, program_key=chips,
-                              mutable=mutable, **kw)
+                              mesh=mesh, mutable=mutable, **kw)
     elif backward != "straight_through":
       out = rnn.apply(model, v, chips, x, spec, backward=backward,
                       mutable=mutable, **kw)
@@ -203,7 +206,7 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     # Raw uint32 key: the optimizer state is checkpointed.
     opt = optax.chain(opt, optim.apply_device_response(
         update, spec.device if spec is not None else None,
-        key=jax.random.PRNGKey(config.seed + 1)))
+        key=keys.update_key(config.seed)))
   mesh = run.mesh
   fresh = distributed.replicate(
       {"variables": variables, "opt_state": opt.init(variables["params"])},
@@ -226,13 +229,13 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
 
   program = None
   chip_key = distributed.replicate(
-      jax.random.fold_in(jax.random.key(config.seed), 1_000_003), mesh)
+      keys.chip_key(config.seed), mesh)
   if spec is not None:
-    program = functools.partial(program_fn(model, spec), key=chip_key)
+    program = functools.partial(program_fn(model, spec, mesh), key=chip_key)
   progress = Progress(phase, (epochs - start) * steps_per_epoch)
   log_every = config.log_every_steps
   for epoch in range(start, epochs):
-    key = jax.random.fold_in(jax.random.key(config.seed), epoch)
+    key = keys.epoch_key(config.seed, epoch)
     chips = None
     if program is not None and not program_every:
       chips = program(state["variables"], run.calib)
