@@ -182,7 +182,7 @@ class Net:
     chips = experiment.program_fn(model, spec)(variables, run.calib,
                                                key=self.chip_key())
     lc, lf = [], []
-    chip_fn = experiment._logits_fn(model, spec)  # pylint: disable=protected-access
+    chip_fn = jax.jit(lambda v, c, x: rnn.apply(model, v, c, x, spec))
     digital = jax.jit(model.apply)
     for x, _ in data_lib.batches(run.data.x_test, run.data.y_test, 500,
                                  key_or_seed=0, shuffle=False):

@@ -152,9 +152,10 @@ def plans(args) -> list[Plan]:
   return [lenet, convnet]
 
 
-def network_config(plan: Plan):
-  """`configs/lenet_mnist.py` with this network, data and epochs."""
+def network_config(plan: Plan, seed: int = 0):
+  """`configs/lenet_mnist.py` with this network, data, epochs and seed."""
   config = lenet_mnist.get_config()
+  config.seed = seed
   config.model = plan.model
   config.dataset = plan.dataset
   config.data_dir = plan.data_dir
@@ -196,16 +197,17 @@ class Network:
 
   def __init__(self, plan: Plan, args, times: dict, used: set):
     self.plan, self.times, self.used = plan, times, used
-    self.config = network_config(plan)
+    self.config = network_config(plan, args.seed)
     self.wd = experiment.Workdir(
         os.path.join(args.workdir, ("quick_" if args.quick else "")
-                     + plan.model + ("_cifar10" if plan.data_dir else "")),
+                     + plan.model + ("_cifar10" if plan.data_dir else "")
+                     + (f"_s{args.seed}" if args.seed else "")),
         self.config)
     self.run = experiment.setup(self.config)
     data = self.run.data
     n_test = len(data.y_test)
     if plan.test_size and plan.test_size < n_test:
-      idx = np.sort(np.random.default_rng(self.config.seed).choice(
+      idx = np.sort(np.random.default_rng(0).choice(
           n_test, plan.test_size, replace=False))
       data = data._replace(x_test=data.x_test[idx], y_test=data.y_test[idx])
       self.run = dataclasses.replace(self.run, data=data)
@@ -632,6 +634,10 @@ def main():
   parser.add_argument("--data_dir", default=None,
                       help="CIFAR-10 python batches for the ConvNet (default:"
                       " the ConvNet runs on the bundled MNIST digits)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="the config's seed: data order, initialization "
+                      "and chip instances (work directories of seeds other "
+                      "than 0 end in _s<seed>)")
   parser.add_argument("--quick", action="store_true",
                       help="smoke run (~2-3 min): fewer epochs, sizes and "
                       "test images; outputs in WORKDIR/figures")
