@@ -24,7 +24,7 @@ IV-D), updates through TxSim eq. 1 (`rxjax.device.update` via
 `rxjax.optim.apply_device_response`); plain SGD, lr 0.05 cosine-decayed,
 batch 32. Each point trains from the same initialization (seed 0) for
 `--epochs` epochs and is tested on one chip instance (the training chip's
-key), as `experiment._txsim` does.
+key), as `experiment.train_and_evaluate` does in mode "txsim".
 
 Sweeps (one parameter changed from the base point, which all four share):
 
@@ -76,7 +76,7 @@ import _common  # noqa: E402  (benchmarks/_common.py)
 from configs import lenet_mnist_txsim  # noqa: E402
 from rxjax import experiment  # noqa: E402
 
-# The chip key of `experiment.train` and `experiment._txsim`: the chip a
+# The chip key of `experiment.train` and of mode "txsim": the chip a
 # network is tested on is the one it was trained on.
 _CHIP_SALT = 1_000_003
 
@@ -164,18 +164,16 @@ def _last_epoch(wd: experiment.Workdir, phase: str, epochs: int) -> dict:
 def _release_compiled():
   """Drops the compiled programs of a finished point.
 
-  `experiment.program_fn`, `_correct_fn` and `_chips_fns` keep one compiled
-  function per (model, spec) for the life of the process, and every sweep
-  point has its own spec: in one long process the executables pile up until
+  `experiment.program_fn`, `accuracy` and `evaluate_chips` keep one
+  compiled function per (model, spec) (`experiment.clear_compiled` drops
+  them), and every sweep point has its own spec: in one long process the executables pile up until
   XLA's CPU backend cannot map more code (the first full run died at point
   17 of 21 with "LLVM ERROR: Unable to allocate section memory", memory
   being free; the memory-map count, vm.max_map_count = 65530, is the likely
   limit). No later point reuses them, so they are dropped; the persistent
   compilation cache keeps them on disk for reruns.
   """
-  experiment.program_fn.cache_clear()
-  experiment._correct_fn.cache_clear()  # pylint: disable=protected-access
-  experiment._chips_fns.cache_clear()  # pylint: disable=protected-access
+  experiment.clear_compiled()
   jax.clear_caches()
 
 
@@ -204,7 +202,8 @@ class Runner:
 
     phase "digital": floating point; "cross_ideal" / "cross_ni": on the
     chip of `experiment.txsim_specs`, tested on it with the straight-through
-    spec (as `experiment._txsim`). Cached in the point's results.json.
+    spec (as mode "txsim" of `experiment.train_and_evaluate`). Cached in
+    the point's results.json.
     """
     config = point_config(point, self.epochs)
     wd = experiment.Workdir(os.path.join(self.root, point.name), config)

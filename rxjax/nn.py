@@ -42,7 +42,7 @@ inputs, `spec.backward` ("straight_through": floating point, RxNN
 re-training; "transposed_read": through the chip, TxSim).
 
 It does not own the read (`crossbar.py`) or what to do with the layers
-(`experiment.py`).
+(`rxjax.experiment`).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from rxjax import checkpoints as ckpt
+from rxjax import data as data_lib
 from rxjax import experiment
 from rxjax import metrics as metrics_lib
 
@@ -162,7 +163,7 @@ def _config():
 @pytest.mark.slow
 def test_a_killed_run_resumes_losing_nothing_finished(tmp_path, monkeypatch):
   workdir = str(tmp_path)
-  real = experiment.data_lib.batches
+  real = data_lib.batches
   calls = {"n": 0}
 
   def dying(*args, **kwargs):
@@ -172,10 +173,10 @@ def test_a_killed_run_resumes_losing_nothing_finished(tmp_path, monkeypatch):
         raise KeyboardInterrupt
       yield batch
 
-  monkeypatch.setattr(experiment.data_lib, "batches", dying)
+  monkeypatch.setattr(data_lib, "batches", dying)
   with pytest.raises(KeyboardInterrupt):
     experiment.train_and_evaluate(_config(), workdir)
-  monkeypatch.setattr(experiment.data_lib, "batches", real)
+  monkeypatch.setattr(data_lib, "batches", real)
   first = os.path.join(workdir, "checkpoints", "digital", "1")
   digest_before = json.load(open(os.path.join(first, ckpt.DIGEST_FILE)))
   summary = experiment.train_and_evaluate(_config(), workdir)
@@ -247,5 +248,4 @@ def test_nonfinite_weights_in_a_checkpoint_are_refused(tmp_path):
   ckpt.save(manager, 1, state)
   manager.close()
   with pytest.raises(ValueError, match=r"digital/1\).*6 NaN.*diverged"):
-    experiment._latest_variables(  # pylint: disable=protected-access
-        str(tmp_path / "digital"), fresh)
+    experiment.load_latest(str(tmp_path / "digital"), fresh)

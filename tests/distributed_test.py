@@ -62,8 +62,8 @@ c = config(num_devices=4)
 run4 = experiment.setup(c)
 run1 = experiment.setup(config(num_devices=1))
 fresh = experiment.init_variables(run4.model, run4.data.x_train, 0)
-variables = experiment._latest_variables(
-    os.path.join(wd, "checkpoints", "digital"), fresh)[0]
+variables = experiment.load_latest(
+    os.path.join(wd, "checkpoints", "digital"), fresh).variables
 spec = experiment.chip_spec(c.chip)
 key = jax.random.key(7)
 sharded = experiment.evaluate_chips(run4, variables, spec, key=key, n=12)

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from rxjax import data as data_lib
 from rxjax import experiment
 from rxjax import nn as rnn
 
@@ -64,11 +65,11 @@ def _params(workdir, phase="digital"):
   run = experiment.setup(config)
   fresh = experiment.init_variables(run.model, run.data.x_train, 0)
   steps = -(-len(run.data.x_train) // config.batch_size)
-  opt = experiment._optimizer(config, steps, config.num_epochs,
-                              config.learning_rate)
-  manager = experiment._checkpoints(experiment.Workdir(workdir, config),
-                                    phase)
-  state, epoch = experiment._restore_or(
+  opt = experiment.optimizer(config, steps, config.num_epochs,
+                             config.learning_rate)
+  manager = experiment.checkpoint_manager(experiment.Workdir(workdir, config),
+                                          phase)
+  state, epoch = experiment.restore_or(
       manager, {"variables": fresh, "opt_state": opt.init(fresh["params"])},
       phase)
   return state["variables"]["params"], epoch
@@ -78,7 +79,7 @@ def test_a_killed_run_resumes_to_the_same_numbers(finished, tmp_path,
                                                   monkeypatch):
   full_dir, full = finished
   workdir = str(tmp_path)
-  real = experiment.data_lib.batches
+  real = data_lib.batches
   calls = {"n": 0}
 
   def dying(*args, **kwargs):
@@ -88,10 +89,10 @@ def test_a_killed_run_resumes_to_the_same_numbers(finished, tmp_path,
         raise KeyboardInterrupt
       yield batch
 
-  monkeypatch.setattr(experiment.data_lib, "batches", dying)
+  monkeypatch.setattr(data_lib, "batches", dying)
   with pytest.raises(KeyboardInterrupt):
     experiment.train_and_evaluate(_config(), workdir)
-  monkeypatch.setattr(experiment.data_lib, "batches", real)
+  monkeypatch.setattr(data_lib, "batches", real)
   _, epoch = _params(workdir)
   assert epoch == 1  # Epoch 1 was saved; the one in progress was lost.
   resumed = experiment.train_and_evaluate(_config(), workdir)

@@ -153,7 +153,7 @@ def test_nonfinite_images_in_a_dataset_are_refused(monkeypatch):
     x[3, 1, 1, 0] = math.nan
     return d._replace(x_train=x)
 
-  monkeypatch.setattr(experiment.data_lib, "load", poisoned)
+  monkeypatch.setattr(data_lib, "load", poisoned)
   config = lenet_mnist.get_config()
   config.dataset = "digits"
   with pytest.raises(ValueError, match=r"`digits.x_train`.*1 NaN.*"

@@ -1,0 +1,256 @@
+"""Training: the optimizer, the jitted training step and the epoch loop,
+digital, RxNN re-training (crossbar forward, floating-point backward) and
+TxSim training on a chip (transposed-read backward, device update).
+
+Checkpoints are saved every epoch with their checksums
+(`rxjax.checkpoints`) and a run resumes from the latest.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from rxjax import checkpoints as ckpt
+from rxjax import crossbar
+from rxjax import device as device_lib
+from rxjax import distributed
+from rxjax import nn as rnn
+from rxjax import optim
+from rxjax.experiment.evaluation import accuracy, program_fn
+from rxjax.experiment.progress import Progress
+from rxjax.experiment.run import Setup, init_variables
+from rxjax.experiment.workdir import Workdir
+
+
+def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
+              epochs: int, learning_rate: float) -> optax.GradientTransformation:
+  """The config's optimizer (`optimizer`: "sgd" with `momentum`, or "adam";
+  `weight_decay` added first) on a cosine decay of `learning_rate` over
+  `epochs * steps_per_epoch` steps: what `train` runs."""
+  total = max(steps_per_epoch * epochs, 1)
+  schedule = optax.cosine_decay_schedule(learning_rate, total)
+  if config.optimizer == "sgd":
+    opt = optax.sgd(schedule, momentum=config.momentum or None)
+  elif config.optimizer == "adam":
+    opt = optax.adam(schedule)
+  else:
+    raise ValueError(f"`optimizer` must be 'sgd' or 'adam', got "
+                     f"{config.optimizer!r}")
+  if config.weight_decay:
+    opt = optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
+  return opt
+
+
+def _cross_entropy(logits, labels):
+  """Mean over the rows with a label >= 0 (-1: padding of a short batch,
+  `distributed.global_batches`)."""
+  real = labels >= 0
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.where(real, labels, 0))
+  return jnp.sum(jnp.where(real, ce, 0)) / jnp.maximum(jnp.sum(real), 1)
+
+
+def _accuracy(logits, labels):
+  """Fraction correct of the rows with a label >= 0."""
+  real = labels >= 0
+  return jnp.sum((jnp.argmax(logits, -1) == labels) & real) / jnp.maximum(
+      jnp.sum(real), 1)
+
+
+def restore_or(manager: ocp.CheckpointManager, fresh, what: str,
+               workdir: Workdir | None = None):
+  """(state, epoch) from the latest checkpoint of `manager` (restored into
+  the structure and placement of `fresh`), or (fresh, 0); verified against
+  its checksum (`rxjax.checkpoints`). `what` names the phase in errors and
+  in `workdir.checkpoints`."""
+  step = manager.latest_step()
+  if step is None:
+    return fresh, 0
+  state, digest = ckpt.restore(manager, step, fresh, what=what)
+  if workdir is not None:
+    workdir.checkpoints[what] = {"step": int(step), "sha256": digest}
+  return state, int(step)
+
+
+def checkpoint_manager(workdir: Workdir, phase: str) -> ocp.CheckpointManager:
+  """The checkpoints of one phase of a run: `<workdir>/checkpoints/<phase>`,
+  the latest two steps kept."""
+  return ocp.CheckpointManager(
+      os.path.join(workdir.path, "checkpoints", phase),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+
+def train_step(model, opt: optax.GradientTransformation,
+               spec: crossbar.ChipSpec | None = None, *, has_stats: bool = False,
+               program: bool = False, mesh: jax.sharding.Mesh | None = None):
+  """The jitted training step that `train` runs.
+
+  `step(state, chips, x, y) -> (state, chips, loss, accuracy)` with `state =
+  {"variables", "opt_state"}`. Digital when `spec` is None (`chips` is then
+  ignored); otherwise the forward pass runs on `chips` (from
+  `rxjax.nn.program`), reprogrammed with their stored distortion to the
+  current weights (`refresh=True`: TxSim's interpolated FCM), and the
+  backward pass as `spec.backward` says. With `program=True` the second
+  argument is the chip instance's key instead: the step programs the
+  current weights exactly on that chip (every `G_eff` solved, ADCs
+  calibrated on `x`: TxSim's exact FCM) in its own forward pass, which
+  equals `nn.program` followed by the step without a second pass over the
+  batch. Benchmarks time this function.
+
+  Data-parallel over `mesh` (DESIGN 6): pass `x` and `y` split over its
+  axis (`distributed.global_batches`) and the rest replicated; every output
+  comes back replicated, so XLA's collectives (the all-reduce GSPMD
+  inserts) sum the gradient across devices and every device applies the
+  same update. Labels -1 mark padding rows, which count for nothing.
+  """
+  mutable = ["batch_stats"] if has_stats else []
+  if program and spec is None:
+    raise ValueError("`program=True` needs a chip `spec`")
+
+  def loss_fn(params, variables, chips, x, y):
+    v = {**variables, "params": params}
+    kw = dict(train=True)
+    if spec is None:
+      out = model.apply(v, x, mutable=mutable, **kw) if mutable else (
+          model.apply(v, x, **kw), {})
+      logits, new = out
+    elif program:
+      logits, new = rnn.apply(model, v, None, x, spec, program_key=chips,
+                              mutable=mutable, **kw)
+    else:
+      logits, new = rnn.apply(model, v, chips, x, spec, refresh=True,
+                              mutable=mutable, **kw)
+    return _cross_entropy(logits, y), (logits, new)
+
+  def step(state, chips, x, y):
+    variables, opt_state = state["variables"], state["opt_state"]
+    (loss, (logits, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        variables["params"], variables, chips, x, y)
+    updates, opt_state = opt.update(grads, opt_state, variables["params"])
+    params = optax.apply_updates(variables["params"], updates)
+    variables = {**variables, "params": params}
+    if has_stats:
+      variables["batch_stats"] = new["batch_stats"]
+    chips = new[rnn.COLLECTION] if program else new.get(rnn.COLLECTION, chips)
+    acc = _accuracy(logits, y)
+    return {"variables": variables, "opt_state": opt_state}, chips, loss, acc
+
+  if mesh is None:
+    return jax.jit(step)
+  return jax.jit(step, out_shardings=distributed.replicated(mesh))
+
+
+def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
+          learning_rate: float, spec: crossbar.ChipSpec | None = None,
+          init: dict | None = None, update: device_lib.UpdateSpec | None = None,
+          program_every: int | None = None,
+          on_epoch: Callable[[int, dict], Any] | None = None) -> dict:
+  """Trains digitally (spec None), re-trains (RxNN VII) or trains on a chip.
+
+  With a spec, the forward pass runs on the chip and the backward pass as
+  `spec.backward` says: "straight_through" (floating point: RxNN
+  re-training) or "transposed_read" (the errors read backwards through the
+  chip: TxSim). With `update`, the optimizer's requested updates go through
+  the device response (`optim.apply_device_response`, TxSim eq. 1) last in
+  the chain; otherwise the update is digital. The chip (one instance, the
+  same all run) is programmed exactly (fresh `G_eff`, ADC ranges calibrated
+  on the current training batch: TxSim IV-B) every `program_every` steps
+  (None: at the start of every epoch) and reprogrammed with the stored
+  distortion at every step in between (`crossbar.reprogram`: TxSim's
+  interpolated FCM; `program_every=1` is the exact FCM every step).
+  Checkpoints every epoch; resumes. Logs the epoch's metrics (phase
+  `phase`) and, every `config.log_every_steps` steps, the mean training loss
+  and accuracy of those steps (phase `phase + "/steps"`). `on_epoch(epoch,
+  variables)`, if given, is called after each epoch it trains (diagnostics).
+
+  Returns:
+    The trained variables.
+  """
+  model, data = run.model, run.data
+  variables = init if init is not None else init_variables(
+      model, data.x_train, config.seed)
+  steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
+  opt = optimizer(config, steps_per_epoch, epochs, learning_rate)
+  if update is not None:
+    # Raw uint32 key: the optimizer state is checkpointed.
+    opt = optax.chain(opt, optim.apply_device_response(
+        update, spec.device if spec is not None else None,
+        key=jax.random.PRNGKey(config.seed + 1)))
+  mesh = run.mesh
+  fresh = distributed.replicate(
+      {"variables": variables, "opt_state": opt.init(variables["params"])},
+      mesh)
+  manager = checkpoint_manager(workdir, phase)
+  state, start = restore_or(manager, fresh, phase, workdir)
+  if start:
+    print(f"  {phase}: resumed after epoch {start}", flush=True)
+    # Lines of the epoch the killed run did not finish: redone now.
+    workdir.supersede_metrics(
+        lambda r: r.get("phase") in (phase, f"{phase}/steps")
+        and r.get("step", 0) > start * steps_per_epoch)
+  has_stats = "batch_stats" in variables
+  step = train_step(model, opt, spec, has_stats=has_stats, mesh=mesh)
+  exact_step = None
+  if spec is not None and program_every:
+    exact_step = train_step(model, opt, spec, has_stats=has_stats,
+                            program=True, mesh=mesh)
+
+  program = None
+  chip_key = distributed.replicate(
+      jax.random.fold_in(jax.random.key(config.seed), 1_000_003), mesh)
+  if spec is not None:
+    program = functools.partial(program_fn(model, spec), key=chip_key)
+  progress = Progress(phase, (epochs - start) * steps_per_epoch)
+  log_every = config.log_every_steps
+  for epoch in range(start, epochs):
+    key = jax.random.fold_in(jax.random.key(config.seed), epoch)
+    chips = None
+    if program is not None and not program_every:
+      chips = program(state["variables"], run.calib)
+    losses, accs = [], []
+    for i, (x, y) in enumerate(distributed.global_batches(
+        mesh, data.x_train, data.y_train, config.batch_size,
+        key_or_seed=key)):
+      if exact_step is not None and i % program_every == 0:
+        state, chips, loss, acc = exact_step(state, chip_key, x, y)
+      else:
+        state, chips, loss, acc = step(state, chips, x, y)
+      losses.append(loss)
+      accs.append(acc)
+      progress.update(loss=loss)
+      if log_every and (i + 1) % log_every == 0:
+        workdir.log(epoch * steps_per_epoch + i + 1, f"{phase}/steps",
+                    loss=float(np.mean(losses[-log_every:])),
+                    train_accuracy=float(np.mean(accs[-log_every:])))
+    test = accuracy(model, state["variables"], data, spec,
+                    chips=None if spec is None else program(
+                        state["variables"], run.calib),
+                    batch_size=config.eval.batch_size, mesh=mesh)
+    metrics = dict(epoch=epoch + 1, loss=float(np.mean(losses)),
+                   train_accuracy=float(np.mean(accs)), test_accuracy=test)
+    if not math.isfinite(metrics["loss"]):
+      raise FloatingPointError(
+          f"{phase}: the training loss is {metrics['loss']} in epoch "
+          f"{epoch + 1}: training diverged (not checkpointed); lower the "
+          "learning rate (`learning_rate` / `retrain.learning_rate`)")
+    workdir.log((epoch + 1) * steps_per_epoch, phase, **metrics)
+    print(f"  {phase}: epoch {epoch + 1}/{epochs} loss "
+          f"{metrics['loss']:.4f} train {metrics['train_accuracy']:.4f} "
+          f"test {test:.4f}", flush=True)
+    digest = ckpt.save(manager, epoch + 1, state)  # With its checksum.
+    workdir.checkpoints[phase] = {"step": epoch + 1, "sha256": digest}
+    if on_epoch is not None:
+      on_epoch(epoch + 1, state["variables"])
+  manager.close()
+  return state["variables"]
+
