@@ -76,6 +76,11 @@ CONFIGS = {
     # chip instance per seed, the one re-trained for).
     "var30": dict(label="ReRAM 100k-1M ohm, Cross64, 30% variation",
                   tile_size=64, sigma=0.3),
+    # Coarser still: a 3-bit ADC.
+    "adc3": dict(label="ReRAM 100k-1M, Cross64, 3-bit ADC", tile_size=64,
+                 adc_bits=3),
+    "var40": dict(label="ReRAM 100k-1M ohm, Cross64, 40% variation",
+                  tile_size=64, sigma=0.4),
     # The papers' default chip of the main job (Cross64, no variation).
     "paper64": dict(label="ReRAM 100k-1M ohm, Cross64 (main job's chip)",
                     tile_size=64),
@@ -113,7 +118,14 @@ def network_config(plan: Plan, seed: int):
   return config
 
 
-def chip_spec(config, name: str, gain: str):
+# Re-training variants: the readout calibration fitted each time the chip is
+# programmed (ChipSpec.gain_correction, ChipSpec.adc_range).
+VARIANTS = {"none": dict(gain_correction="none", adc_range="calibrated"),
+            "column": dict(gain_correction="column", adc_range="calibrated"),
+            "fitted": dict(gain_correction="column", adc_range="fitted")}
+
+
+def chip_spec(config, name: str, variant: str):
   chip = config.chip.copy_and_resolve_references()
   over = dict(CONFIGS[name])
   over.pop("label")
@@ -123,7 +135,7 @@ def chip_spec(config, name: str, gain: str):
   if sigma is not None:
     chip.sigma = sigma
   spec = experiment.chip_spec(chip, variation=sigma is not None)
-  return spec.replace(gain_correction=gain)
+  return spec.replace(**VARIANTS[variant])
 
 
 def _kernels(variables):
@@ -241,6 +253,12 @@ class Net:
                                  epochs=epochs, learning_rate=lr, spec=spec,
                                  init=self.variables, on_epoch=on_epoch)
     seconds = time.perf_counter() - t
+    # The first (training) run's wall time; a resumed run reads it back.
+    timing = self.wd.read_json(f"{phase}_seconds.json")
+    if timing is None:
+      self.wd.write_json(f"{phase}_seconds.json", {"seconds": seconds})
+    else:
+      seconds = timing["seconds"]
     if diagnose and diags:
       self.wd.write_json(f"{phase}_diagnostics.json", diags)
     return phase, variables, seconds, diags
@@ -250,15 +268,18 @@ def study_one(net: Net, name: str, variants, *, lr, epochs, diagnose):
   """Rows of one chip configuration for one seed."""
   out = {"fp32": net.fp32(),
          "before": net.on_chip(f"{name}/before", chip_spec(
-             net.config, name, "none")),
-         "before_gain": net.on_chip(f"{name}/before_column", chip_spec(
-             net.config, name, "column"))}
+             net.config, name, "none"))}
+  for gain in variants:
+    if gain != "none":
+      out[f"before_{gain}"] = net.on_chip(f"{name}/before_{gain}", chip_spec(
+          net.config, name, gain))
   for gain in variants:
     spec = chip_spec(net.config, name, gain)
     phase, v, seconds, diags = net.retrain(f"{name}_{gain}", spec, lr=lr,
                                            epochs=epochs, diagnose=diagnose)
     out[f"after_{gain}"] = net.on_chip(f"{phase}/after", spec, v)
     out[f"after_{gain}_fp32"] = net.fp32(v, f"{phase}/fp32")
+    out[f"seconds_{gain}"] = seconds
     if diags:
       out[f"diagnostics_{gain}"] = diags
   return out
@@ -270,21 +291,29 @@ def _stats(xs):
 
 
 def markdown(results, args) -> str:
+  calibrated = [g for g in args.variants if g != "none"]
   lines = [f"Command: `python benchmarks/retrain_study.py "
            f"{' '.join(sys.argv[1:])}`", "",
            f"Re-training: {args.epochs} epoch(s), Adam lr {args.lr:g} "
            "cosine, chip forward / straight-through backward, programmed "
-           "exactly and calibrated at every epoch start. Accuracies: mean "
-           "+- sample std over seeds " + ", ".join(map(str, args.seeds))
+           "exactly and calibrated at every epoch start. Variants (the "
+           "readout calibration fitted at every programming): none = no "
+           "gain correction, calibrated ADC ranges (rxjax's old "
+           "re-training); column = per-column gain; fitted = per-column "
+           "gain and fitted ADC ranges (the default). Accuracies: mean +- "
+           "sample std over seeds " + ", ".join(map(str, args.seeds))
            + "; in brackets the change from fp32 (points). Recovered: "
-           "(after - before) / (fp32 - before), of the means.", ""]
+           "(after - before) / (fp32 - before) of the means, where the chip "
+           "costs >= 2 points; otherwise the change after - before (points, "
+           "mean over seeds).", ""]
   for model, per_config in results.items():
     lines += [f"### {model}", "",
-              "| chip | fp32 | on chip, before | + column gain (no "
-              "re-training) | " + " | ".join(
-                  f"re-trained, gain {g}" for g in args.variants)
-              + " | recovered (" + ", ".join(args.variants) + ") |",
-              "|---|---|---|---|" + "---|" * len(args.variants) + "---|"]
+              "| chip | fp32 | on chip, before | " + "".join(
+                  f"{g} calibration only | " for g in calibrated)
+              + "".join(f"re-trained, {g} | " for g in args.variants)
+              + "recovered (" + ", ".join(args.variants) + ") |",
+              "|---|---|---|" + "---|" * (len(calibrated)
+                                          + len(args.variants) + 1)]
     for name, seeds in per_config.items():
       fp = _stats([s["fp32"] for s in seeds])
       before = _stats([s["before"] for s in seeds])
@@ -294,26 +323,34 @@ def markdown(results, args) -> str:
         m, sd = _stats([s[key] for s in seeds])
         return f"{m:.4f} +- {sd:.4f} ({100 * (m - fp[0]):+.1f})", m
       cells.append(cell("before")[0])
-      cells.append(cell("before_gain")[0])
+      for g in calibrated:
+        cells.append(cell(f"before_{g}")[0])
       rec = []
+      loss = fp[0] - before[0]
       for g in args.variants:
         c, m = cell(f"after_{g}")
         cells.append(c)
-        loss = fp[0] - before[0]
-        rec.append(f"{(m - before[0]) / loss:.0%}" if loss > 1e-9 else
-                   f"{100 * (m - before[0]):+.1f} pp")
+        rec.append(f"{(m - before[0]) / loss:.0%}" if loss >= 0.02 else
+                   f"{100 * (m - before[0]):+.2f} pp")
       cells.append(", ".join(rec))
       lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Per seed (fp32 / before / column gain only / " + " / ".join(
-        f"re-trained ({g}) / its fp32" for g in args.variants) + "):", ""]
+    keys = (["fp32", "before"] + [f"before_{g}" for g in calibrated]
+            + [k for g in args.variants
+               for k in (f"after_{g}", f"after_{g}_fp32")])
+    lines += ["", "Per seed (" + " / ".join(
+        ["fp32", "before"] + [f"{g} calibration only" for g in calibrated]
+        + [x for g in args.variants
+           for x in (f"re-trained ({g})", "its fp32")]) + "):", ""]
     for name, seeds in per_config.items():
-      per_seed = ["/".join(f"{s[k]:.3f}" for k in
-                           ["fp32", "before", "before_gain"] + [
-                               k for g in args.variants
-                               for k in (f"after_{g}", f"after_{g}_fp32")])
-                  for s in seeds]
+      per_seed = ["/".join(f"{s[k]:.3f}" for k in keys) for s in seeds]
       lines.append(f"- {CONFIGS[name]['label']}: " + "; ".join(
           f"seed {seed} {v}" for seed, v in zip(args.seeds, per_seed)))
+    times = [(name, g, s.get(f"seconds_{g}")) for name, seeds in
+             per_config.items() for s in seeds[:1] for g in args.variants]
+    if any(t for _, _, t in times):
+      lines += ["", "Re-training wall time (seed "
+                f"{args.seeds[0]}, s, shared CPU): " + "; ".join(
+                    f"{name} {g} {t:.0f}" for name, g, t in times if t)]
     lines.append("")
   return "\n".join(lines)
 
@@ -326,8 +363,9 @@ def main():
   parser.add_argument("--configs", nargs="+",
                       default=["lowr128", "adc4", "wires10"],
                       choices=sorted(CONFIGS))
-  parser.add_argument("--variants", nargs="+", default=["none", "column"],
-                      choices=["none", "column"])
+  parser.add_argument("--variants", nargs="+",
+                      default=["none", "column", "fitted"],
+                      choices=sorted(VARIANTS))
   parser.add_argument("--epochs", type=int, default=None,
                       help="re-training epochs (default: the plan's)")
   parser.add_argument("--lr", type=float, default=None,
@@ -356,8 +394,9 @@ def main():
         if args.before_only:
           net.fp32()
           net.on_chip(f"{name}/before", chip_spec(net.config, name, "none"))
-          net.on_chip(f"{name}/before_column",
-                      chip_spec(net.config, name, "column"))
+          for g in args.variants:
+            if g != "none":
+              net.on_chip(f"{name}/before_{g}", chip_spec(net.config, name, g))
           continue
         per.setdefault(name, []).append(study_one(
             net, name, args.variants, lr=args.lr, epochs=args.epochs,

@@ -165,6 +165,10 @@ def network_config(plan: Plan, seed: int = 0):
   config.eval.tile_sizes = tuple(plan.sizes)
   config.eval.num_chips = plan.num_chips
   config.retrain.num_epochs = plan.retrain_epochs
+  # Fig. 15 passes every re-training's chip (its readout calibration
+  # included) explicitly; the work directory's config keeps the field at
+  # its old value, so that directories written before it existed resume.
+  config.retrain.adc_range = "calibrated"
   return config
 
 
@@ -301,7 +305,8 @@ class Network:
       return {"gain": gain, "residual": res, "mean": gain}
     return self.result(name, compute)
 
-  def retrain(self, device, size, learning_rate=None, gain="none"):
+  def retrain(self, device, size, learning_rate=None, gain="none",
+              adc_range="calibrated"):
     plan = self.plan
     run = self.run
     if plan.retrain_size and plan.retrain_size < len(run.data.y_train):
@@ -317,7 +322,10 @@ class Network:
       lr = learning_rate
     if gain != "none":
       phase += f"_gain{gain}"
-    spec = self.spec(device, size).replace(gain_correction=gain)
+    if adc_range != "calibrated":
+      phase += f"_adc{adc_range}"
+    spec = self.spec(device, size).replace(gain_correction=gain,
+                                           adc_range=adc_range)
     variables = self.timed(f"{plan.model}/{phase}", lambda: experiment.train(
         self.config, run, self.wd, phase=phase, epochs=plan.retrain_epochs,
         learning_rate=lr, spec=spec, init=self.variables))
@@ -407,35 +415,49 @@ def study(net: Network) -> list[dict]:
     rows.append(row(net, "15", "before re-training (worst chip)",
                     worst["chip"], worst["accuracy"], fp32, tile=size,
                     device=device.label, variation=0))
-    # The digital per-column gain correction alone (no re-training): the
-    # chip's readout calibrated after programming (`ChipSpec.gain_correction`).
-    gain = net.config.retrain.gain_correction
-    spec = net.spec(device, size).replace(gain_correction=gain)
-    acc = net.on_chip(f"nonideal/{device.tag}/cross{size}/gain_{gain}",
-                      spec, size)
-    rows.append(row(net, "15", f"{gain} gain correction, no re-training",
-                    f"{worst['chip']}; {gain} gain fitted at programming",
-                    acc, fp32, tile=size, device=device.label, variation=0))
+    # The readout calibration alone (no re-training), fitted when the chip
+    # is programmed: the per-column gain (`ChipSpec.gain_correction`), then
+    # with the fitted ADC ranges too (`ChipSpec.adc_range`): the default.
+    default = lenet_mnist.get_config().retrain
+    gain, adc_range = default.gain_correction, default.adc_range
+    for r in dict.fromkeys(("calibrated", adc_range)):
+      spec = net.spec(device, size).replace(gain_correction=gain,
+                                            adc_range=r)
+      acc = net.on_chip(f"nonideal/{device.tag}/cross{size}/gain_{gain}"
+                        + ("" if r == "calibrated" else f"_adc{r}"),
+                        spec, size)
+      rows.append(row(net, "15", f"{gain} gain, {r} ADC ranges, no "
+                      "re-training", f"{worst['chip']}; {gain} gain"
+                      f" and {r} ADC ranges fitted at programming",
+                      acc, fp32, tile=size, device=device.label,
+                      variation=0))
     lrs = (net.config.retrain.learning_rate,) + plan.retrain_extra_lrs
     # Without the correction (rxjax's old re-training) at the config's rate;
-    # with it (the default) at every rate.
-    runs = [("none", lrs[0])] + [(gain, lr) for lr in lrs]
-    for g, lr in runs:
-      phase, n, variables = net.retrain(device, size, lr, gain=g)
+    # with the per-column gain alone at it; with the default calibration
+    # (gain and fitted ADC ranges) at every rate.
+    runs = ([("none", "calibrated", lrs[0])]
+            + ([(gain, "calibrated", lrs[0])] if adc_range != "calibrated"
+               else []) + [(gain, adc_range, lr) for lr in lrs])
+    for g, r, lr in runs:
+      phase, n, variables = net.retrain(device, size, lr, gain=g,
+                                        adc_range=r)
       how = (f"{plan.retrain_epochs} epoch(s) on {n} training images "
              f"({plan.retrain_epochs * -(-n // net.config.batch_size)} "
-             f"steps), Adam lr {lr:g} cosine, gain correction {g}, chip "
-             "programmed and calibrated exactly each epoch")
+             f"steps), Adam lr {lr:g} cosine, gain correction {g}, {r} ADC "
+             "ranges, chip programmed and calibrated exactly each epoch")
       acc = net.on_chip(f"{phase}/nonideal",
-                        net.spec(device, size).replace(gain_correction=g),
+                        net.spec(device, size).replace(gain_correction=g,
+                                                       adc_range=r),
                         size, variables=variables)
       rows.append(row(net, "15",
-                      f"after RxNN re-training, lr {lr:g}, gain {g}",
+                      f"after RxNN re-training, lr {lr:g}, gain {g}, "
+                      f"{r} ADC ranges",
                       f"{worst['chip']}; re-trained {how}", acc, fp32,
                       tile=size, device=device.label, variation=0))
       acc = net.fp32(variables, name=f"{phase}/fp32")
       rows.append(row(net, "15",
-                      f"re-trained (lr {lr:g}, gain {g}) network, fp32",
+                      f"re-trained (lr {lr:g}, gain {g}, {r} ADC ranges) "
+                      "network, fp32",
                       "none (digital); the network re-trained for "
                       f"{worst['chip']}", acc, fp32))
   return rows

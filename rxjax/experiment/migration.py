@@ -27,7 +27,8 @@ ADDED_FIELDS = {"chip.pair_subtraction": "digital",
                                 "r_source_ohm", "r_sense_ohm", "input_bits",
                                 "dac_bits", "dac_model", "adc_bits",
                                 "pair_subtraction", "inputs")},
-                "retrain.gain_correction": "none"}
+                "retrain.gain_correction": "none",
+                "retrain.adc_range": "calibrated"}
 
 
 # Where a run is placed, not what it computes: a work directory resumes with
