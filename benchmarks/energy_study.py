@@ -133,7 +133,7 @@ def sweep(args):
   rows = []
   for size, adc, dac in itertools.product(*grid):
     spec = chip(size, adc_bits=adc, dac_bits=dac)
-    key = jax.random.fold_in(jax.random.key(config.seed), size)
+    key = experiment.keys.eval_chip_key(config.seed, size)
     name = f"cross{size}_adc{adc}_dac{dac}@{n_test}"
 
     def compute():

@@ -52,12 +52,12 @@ def child(repeats: int) -> dict:
   xs = jnp.asarray(d.x_train[:n]).reshape((STEPS, 128) + d.x_train.shape[1:])
   ys = jnp.asarray(d.y_train[:n]).reshape(STEPS, 128)
   model = models.get("lenet5", num_classes=d.num_classes)
-  spec, digital_opt, txsim_opt, chip_key = train_bench._setup(config)
+  spec, digital_opt, txsim_opt, chip_key = train_bench.txsim_setup(config)
   digital_step = experiment.train_step(model, digital_opt)
   txsim_step = experiment.train_step(model, txsim_opt, spec)
   exact_step = experiment.train_step(model, txsim_opt, spec, program=True)
-  digital0 = train_bench._state(model, digital_opt, xs[0], config.seed)
-  txsim0 = train_bench._state(model, txsim_opt, xs[0], config.seed)
+  digital0 = train_bench.initial_state(model, digital_opt, xs[0], config.seed)
+  txsim0 = train_bench.initial_state(model, txsim_opt, xs[0], config.seed)
   chips0 = exact_step(txsim0, chip_key, xs[0], ys[0])[1]
 
   def digital(state):

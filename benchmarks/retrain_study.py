@@ -186,7 +186,7 @@ class Net:
   def chip_key(self):
     # The chip instance re-training programs (experiment.train's key), so
     # that with variation the chip evaluated is the chip re-trained for.
-    return jax.random.fold_in(jax.random.key(self.seed), 1_000_003)
+    return experiment.keys.chip_key(self.seed)
 
   def diagnostics(self, spec, variables, chips_start):
     """Logit gain / residual, weight drift, frozen-calibration range ratios."""

@@ -267,12 +267,16 @@ class Network:
   def on_chip(self, name, spec, size, variables=None):
     v = self.variables if variables is None else variables
     return self.result(name, lambda: experiment.evaluate_on_chip(
-        self.run, v, spec, key=jax.random.fold_in(self.key, size)))
+        self.run, v, spec,
+        key=experiment.keys.eval_chip_key(self.config.seed, size)))
 
   def on_chips(self, name, spec, size):
     return self.result(name, lambda: experiment.evaluate_chips(
         self.run, self.variables, spec,
-        key=jax.random.fold_in(self.key, 10_000 + size),
+        # One Monte-Carlo study per tile size: its own salt beside the
+        # main job's one.
+        key=jax.random.fold_in(self.key,
+                               experiment.keys.MONTE_CARLO_SALT + size),
         n=self.plan.num_chips, batch_size=self.config.eval.batch_size))
 
   def logit_gain(self, name, spec, size) -> dict:
@@ -288,7 +292,8 @@ class Network:
       model, run = self.run.model, self.run
       # The calibration batch as an argument: a constant would be folded.
       chips = jax.jit(lambda v, x, k: rnn.program(model, v, x, spec, key=k))(
-          self.variables, run.calib, jax.random.fold_in(self.key, size))
+          self.variables, run.calib,
+          experiment.keys.eval_chip_key(self.config.seed, size))
       chip_fn = jax.jit(lambda v, c, x: rnn.apply(model, v, c, x, spec))
       digital_fn = jax.jit(model.apply)
       num = den = res = 0.0

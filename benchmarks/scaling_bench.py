@@ -109,7 +109,7 @@ def main():
         *calls["1 device"][1]))
     print(f"  {name}: first call (compile + solve) "
           f"{time.perf_counter() - start:.1f} s", flush=True)
-    tiles = sum(int(np.prod(c.g.shape[:4])) for c in jax.tree.leaves(
+    tiles = sum(int(np.prod(c.g.shape[:-2])) for c in jax.tree.leaves(
         chips, is_leaf=lambda c: isinstance(c, crossbar.Chip))
                 if isinstance(c, crossbar.Chip))
     t = turns(calls, "program")

@@ -2,6 +2,7 @@
 
     python benchmarks/train_bench.py           # best of 3 (~4.5 min)
     python benchmarks/train_bench.py --quick   # best of 1 (~2 min)
+    python benchmarks/train_bench.py --only retrain   # part 3 alone
 
 Float32, on the CPU JAX finds (XLA uses every core), compilation excluded
 (one warm-up call first), the best of several repeats. Everything times the
@@ -36,6 +37,19 @@ learning rate on the same model and batches.
    does), seconds per epoch. For comparison: IBM aihwkit's analog
    training of this MLP, on this CPU, measured 5-8x its native torch training
    per epoch with one thread (14-35x with two).
+3. RxNN re-training of LeNet-5 at batch 128 on the main job's re-training
+   chip (`configs/lenet_mnist.py`: Cross64, 100 kOhm - 1 MOhm, 8-bit
+   weights in 4 slices of 2-bit cells, differential pairs, 8-bit inputs
+   through 1-bit DACs, 8-bit ADCs, column gain), Adam, one step each, the
+   steps taken in turns (`_common.in_turns`, so that a shared machine's
+   drift reaches every side of a ratio alike): digital; straight-through
+   (`retrain.backward`, the chip reprogrammed with the stored distortion,
+   floating-point backward); "circuit" (the current weights' `G_eff`
+   solved exactly in the step and differentiated); "circuit_interpolated"
+   (the stored distortion, differentiated through the mapping). Goals:
+   circuit <= 10x digital, straight-through <= 3x. To say what bounds the
+   circuit step, its exact solves are timed alone (forward, and forward
+   with their VJP), all tiles of the network in one batch.
 
 The last line of stdout is one JSON object.
 """
@@ -55,17 +69,18 @@ import jax.numpy as jnp
 import optax
 
 import _common  # benchmarks/_common.py
-from rxjax import circuit, data, experiment, models, optim
+from rxjax import circuit, crossbar, data, experiment, models, optim
+from rxjax import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from configs import lenet_mnist_txsim  # noqa: E402
+from configs import lenet_mnist, lenet_mnist_txsim  # noqa: E402
 
 INTERVAL = 10  # L, steps between exact programmings (interpolated FCM).
 
 
-def _setup(config):
+def txsim_setup(config):
   """Cross-NI spec, the two optimizers and the chip key, as `train` has them.
 
   Returns:
@@ -75,12 +90,14 @@ def _setup(config):
   lr = config.learning_rate
   digital = optax.sgd(lr)
   txsim = optax.chain(optax.sgd(lr), optim.apply_device_response(
-      update, spec.device, key=jax.random.PRNGKey(config.seed + 1)))
-  chip_key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
+      update, spec.device, key=experiment.keys.update_key(config.seed)))
+  chip_key = experiment.keys.chip_key(config.seed)
   return spec, digital, txsim, chip_key
 
 
-def _state(model, opt, x, seed):
+def initial_state(model, opt, x, seed):
+  """The training state `experiment.train` starts from: initial variables
+  from `seed` and `opt`'s state for them."""
   variables = experiment.init_variables(model, x, seed)
   return {"variables": variables, "opt_state": opt.init(variables["params"])}
 
@@ -105,15 +122,15 @@ def lenet(config, repeats):
   xs = jnp.asarray(d.x_train[:n]).reshape((INTERVAL, 128) + d.x_train.shape[1:])
   ys = jnp.asarray(d.y_train[:n]).reshape(INTERVAL, 128)
   model = models.get("lenet5", num_classes=d.num_classes)
-  spec, digital_opt, txsim_opt, chip_key = _setup(config)
+  spec, digital_opt, txsim_opt, chip_key = txsim_setup(config)
   digital_step = experiment.train_step(model, digital_opt)
   txsim_step = experiment.train_step(model, txsim_opt, spec)
   exact_step = experiment.train_step(model, txsim_opt, spec, program=True)
   ideal_spec = spec.replace(wires=circuit.Wires.ideal())  # No G_eff solve.
   exact_no_solve = experiment.train_step(model, txsim_opt, ideal_spec,
                                          program=True)
-  digital0 = _state(model, digital_opt, xs[0], config.seed)
-  txsim0 = _state(model, txsim_opt, xs[0], config.seed)
+  digital0 = initial_state(model, digital_opt, xs[0], config.seed)
+  txsim0 = initial_state(model, txsim_opt, xs[0], config.seed)
 
   def digital(state):
     for i in range(INTERVAL):
@@ -176,7 +193,7 @@ def mlp(config, repeats):
   model = models.get("mlp", num_classes=d.num_classes)
   n_params = models.count_params(model, d.x_train.shape[1:])
   assert n_params == 235_146, n_params  # 784-256-128-10.
-  spec, digital_opt, txsim_opt, chip_key = _setup(config)
+  spec, digital_opt, txsim_opt, chip_key = txsim_setup(config)
   digital_step = experiment.train_step(model, digital_opt)
   txsim_step = experiment.train_step(model, txsim_opt, spec)
   exact_step = experiment.train_step(model, txsim_opt, spec, program=True)
@@ -185,10 +202,10 @@ def mlp(config, repeats):
       program=True)
   batches = list(data.batches(
       d.x_train, d.y_train, batch_size,
-      key_or_seed=jax.random.fold_in(jax.random.key(config.seed), 0)))
+      key_or_seed=experiment.keys.epoch_key(config.seed, 0)))
   assert len(batches) == math.ceil(len(d.x_train) / batch_size)
-  digital0 = _state(model, digital_opt, d.x_train, config.seed)
-  txsim0 = _state(model, txsim_opt, d.x_train, config.seed)
+  digital0 = initial_state(model, digital_opt, d.x_train, config.seed)
+  txsim0 = initial_state(model, txsim_opt, d.x_train, config.seed)
 
   def digital(state):
     for x, y in batches:
@@ -234,24 +251,86 @@ def mlp(config, repeats):
           "mlp_txsim_steps_epoch_s": t_steps}
 
 
+def retrain(repeats):
+  """LeNet-5 at batch 128 re-training steps on the main job's chip, in
+  turns: digital, straight-through, circuit, circuit_interpolated."""
+  config = lenet_mnist.get_config()
+  spec = validate.check(config).retrain_spec
+  assert spec.mapping.tile_rows == 64 and spec.gain_correction == "column"
+  d = data.load(config.dataset, seed=config.seed)
+  x, y = jnp.asarray(d.x_train[:128]), jnp.asarray(d.y_train[:128])
+  model = models.get("lenet5", num_classes=d.num_classes)
+  opt = optax.adam(config.retrain.learning_rate)
+  state = initial_state(model, opt, x, config.seed)
+  chip_key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
+  program = experiment.program_fn(model, spec)
+  chips = program(state["variables"], jnp.asarray(d.x_train[:256]),
+                  key=chip_key)
+  steps = {
+      "digital": (experiment.train_step(model, opt), (state, None, x, y)),
+      "straight_through": (experiment.train_step(model, opt, spec),
+                           (state, chips, x, y))}
+  for backward in ("circuit", "circuit_interpolated"):
+    steps[backward] = (experiment.train_step(model, opt, spec,
+                                             backward=backward),
+                       (state, chips, x, y))
+  # What bounds "circuit": the exact solves of the step's conductances,
+  # alone (all layers' tiles in one batch), and with their VJP.
+  tiles = jnp.concatenate([
+      c.g.reshape(-1, 64, 64) for c in jax.tree.leaves(
+          chips, is_leaf=lambda a: isinstance(a, crossbar.Chip))
+      if isinstance(c, crossbar.Chip)])
+  solve = jax.jit(lambda g: circuit.effective_conductance(g, spec.wires))
+  solve_vjp = jax.jit(lambda g: jax.vjp(
+      lambda a: circuit.effective_conductance(a, spec.wires), g)[1](g)[0])
+  steps["solve"] = (solve, (tiles,))
+  steps["solve_and_vjp"] = (solve_vjp, (tiles,))
+  timed = _common.in_turns(steps, repeats=repeats)
+  ms = {k: t * 1e3 for k, (t, _) in timed.items()}
+  cores = {k: c for k, (_, c) in timed.items()}
+  ratio = {k: ms[k] / ms["digital"] for k in ms}
+  print(f"LeNet-5 batch 128 re-training steps on the main job's chip "
+        f"(Cross64, 4 slices, 8-bit converters; {tiles.shape[0]} tiles of "
+        f"64 x 64), in turns:", flush=True)
+  goals = {"straight_through": "<= 3x", "circuit": "<= 10x"}
+  for k in ("digital", "straight_through", "circuit",
+            "circuit_interpolated", "solve", "solve_and_vjp"):
+    goal = f", goal {goals[k]}" if k in goals else ""
+    print(f"  {k}: {ms[k]:.1f} ms ({ratio[k]:.2f}x digital{goal}; "
+          f"{cores[k]:.2f} cores busy)", flush=True)
+  return {"retrain_tiles": int(tiles.shape[0]),
+          **{f"retrain_{k}_ms": v for k, v in ms.items()},
+          **{f"retrain_{k}_vs_digital": v for k, v in ratio.items()
+             if k != "digital"},
+          **{f"retrain_{k}_cores": v for k, v in cores.items()}}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="best of 1 instead of 3 after the warm-up")
+  parser.add_argument("--only", choices=("txsim", "retrain"),
+                      help="run parts 1-2 (txsim) or part 3 (retrain) only")
   args = parser.parse_args()
   start = time.perf_counter()
   config = lenet_mnist_txsim.get_config()
   _check_chip(config)
   print(f"devices: {jax.devices()}; float32", flush=True)
   repeats = 1 if args.quick else 3
-  lenet_out = lenet(config, repeats)
-  mlp_out = mlp(config, repeats)
+  result = {}
+  if args.only != "retrain":
+    lenet_out = lenet(config, repeats)
+    mlp_out = mlp(config, repeats)
+    result = {
+        "interpolated_vs_digital": lenet_out.pop("interpolated_vs_digital"),
+        "exact_vs_digital": lenet_out.pop("exact_vs_digital"),
+        "mlp_txsim_epoch_s": mlp_out.pop("mlp_txsim_epoch_s"),
+        "mlp_digital_epoch_s": mlp_out.pop("mlp_digital_epoch_s"),
+        **mlp_out, **lenet_out}
+  if args.only != "txsim":
+    result.update(retrain(3 if args.quick else 7))
   result = {
-      "interpolated_vs_digital": lenet_out.pop("interpolated_vs_digital"),
-      "exact_vs_digital": lenet_out.pop("exact_vs_digital"),
-      "mlp_txsim_epoch_s": mlp_out.pop("mlp_txsim_epoch_s"),
-      "mlp_digital_epoch_s": mlp_out.pop("mlp_digital_epoch_s"),
-      **mlp_out, **lenet_out,
+      **result,
       "quick": args.quick,
       "machine": f"{os.cpu_count()}-core {jax.devices()[0].platform}",
       "seconds": time.perf_counter() - start}

@@ -76,10 +76,6 @@ import _common  # noqa: E402  (benchmarks/_common.py)
 from configs import lenet_mnist_txsim  # noqa: E402
 from rxjax import experiment  # noqa: E402
 
-# The chip key of `experiment.train` and of mode "txsim": the chip a
-# network is tested on is the one it was trained on.
-_CHIP_SALT = 1_000_003
-
 NU = (0.01, 0.1, 0.5, 1.0)
 GAMMA = (1.0, 5.0, 10.0)
 SIZES = (16, 32, 64, 128)
@@ -226,7 +222,7 @@ class Runner:
           program_every=t.interval if t.g_eff == "interpolated" else 1)
       acc = experiment.evaluate_on_chip(
           run, variables, spec.replace(backward="straight_through"),
-          key=jax.random.fold_in(jax.random.key(config.seed), _CHIP_SALT))
+          key=experiment.keys.chip_key(config.seed))
     seconds = time.perf_counter() - start
     _release_compiled()
     last = _last_epoch(wd, phase, self.epochs)

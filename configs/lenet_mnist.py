@@ -158,4 +158,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the largest current leaves most columns a few codes, which re-training
   # cannot fix (docs/training.md).
   config.retrain.adc_range = "fitted"
+  # Re-training gradient: "straight_through" (RxNN: the backward pass
+  # treats the chip as x @ w) | "circuit" (through the mapping and the exact
+  # G_eff of the current weights, solved every step; converters
+  # straight-through) | "circuit_interpolated" (the same with the stored
+  # distortion of the epoch's exact solve). docs/training.md.
+  config.retrain.backward = "straight_through"
   return config

@@ -25,9 +25,9 @@ chip:
   non-ideal read (TxSim training).
 * `matmul`: the one-call, NumPy-like entry point.
 
-It does not own the circuit solve (`circuit.py`), the weight <-> conductance
+It does not own the circuit solve (`rxjax.circuit`), the weight <-> conductance
 map (`mapping.py`), device physics (`device.py`) or the converter models
-(`periphery.py`): it composes them.
+(`rxjax.periphery`): it composes them.
 
 Conventions. Inputs are scaled by a per-layer input scale `x_scale` into
 `[-1, 1]` and applied as two passes (positive part, then negative part, the
@@ -77,9 +77,9 @@ class ChipSpec:
   Attributes:
     mapping: tiles, weight precision, signed-weight scheme (`mapping.py`).
     device: conductance range, device precision, variation (`device.py`).
-    wires: parasitic resistances of every tile, in ohm (`circuit.py`).
-    dac: input precision, DAC resolution and model (`periphery.py`).
-    adc: ADC resolution, calibration and non-idealities (`periphery.py`).
+    wires: parasitic resistances of every tile, in ohm (`rxjax.circuit`).
+    dac: input precision, DAC resolution and model (`rxjax.periphery`).
+    adc: ADC resolution, calibration and non-idealities (`rxjax.periphery`).
     backward: gradient of `crossbar_matmul` w.r.t. its input:
       "straight_through" (floating point, `dy @ w.T`; RxNN re-training) or
       "transposed_read" (the error signal read backwards through the
@@ -295,10 +295,16 @@ def _design_full_scale(spec: ChipSpec, dtype) -> jax.Array:
       spec.dac.v_read * spec.mapping.tile_rows * spec.device.g_max, dtype)
 
 
+def variation_key(key):
+  """The key of a chip instance's device variation draw, from the chip's
+  key (`write`, `reprogram`; `rxjax.circuit_grad` draws the same)."""
+  return jax.random.fold_in(key, 0)
+
+
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _map_and_vary(w, spec: ChipSpec, key):
   mapped = mapping_lib.program(w, spec.mapping, spec.device)
-  g = device_lib.vary(mapped.g, spec.device, key=jax.random.fold_in(key, 0))
+  g = device_lib.vary(mapped.g, spec.device, key=variation_key(key))
   return g, mapped.w_scale
 
 
@@ -743,7 +749,7 @@ def _trim(chip: Chip, spec: ChipSpec) -> Chip:
 # Currents per scan step (elements) above which a digital-pair read runs the
 # two polarities as separate scans (`_read_forward`); below it the joint read
 # is faster.
-_SPLIT_CURRENTS = 2**20
+SPLIT_CURRENTS = 2**20
 
 
 def _read_forward(x, chip: Chip, spec: ChipSpec, key):
@@ -785,7 +791,7 @@ def _read_forward(x, chip: Chip, spec: ChipSpec, key):
   init = jnp.zeros((q, b, tc, n) if differential else (q, b, p, tc, n), dtype)
   split = (differential and not _analog(spec)
            and spec.dac.model != "divider_exact"
-           and q * b * s * p * tc * n > _SPLIT_CURRENTS)
+           and q * b * s * p * tc * n > SPLIT_CURRENTS)
   if split:
     # The two crossbars of a pair are digitized separately, so they can be
     # read one after the other: each scan step's currents are then half

@@ -18,8 +18,8 @@ read (DESIGN.md sections 1 and 4):
 
 It does not own the mapping of weights to ideal conductance levels
 (`mapping.py`, which reads `g_min`, `g_max` and `device_bits` from here), the
-wire and terminal resistances of a tile (`circuit.py`) or the converters
-(`periphery.py`), nor how a layer's weight updates become conductance
+wire and terminal resistances of a tile (`rxjax.circuit`) or the converters
+(`rxjax.periphery`), nor how a layer's weight updates become conductance
 changes of differential pairs (`optim.py`).
 
 All functions are pure, keep the dtype of `g` and work on any shape of `g`.
@@ -156,7 +156,7 @@ def _draw_dtype(dtype):
 # are several times the size of the draw and are not fused away, so a mapped
 # VGG-16 fc6 layer (822 M conductances) drawn whole would need > 20 GB; drawn
 # in parts it needs the output and a few parts.
-_CHUNK = 1 << 22
+CHUNK = 1 << 22
 
 
 def _draw(fn, key, tag: int, size: int, dtype) -> jax.Array:
@@ -172,18 +172,18 @@ def _draw(fn, key, tag: int, size: int, dtype) -> jax.Array:
 def _in_parts(fn, g, key) -> jax.Array:
   """fn(flat_part, part_key) over parts of `g`, reassembled to g's shape.
 
-  Arrays of at most `_CHUNK` elements are one part with `key` itself. Larger
+  Arrays of at most `CHUNK` elements are one part with `key` itself. Larger
   ones are split over their leading axes into `A` parts of the trailing `B`
-  elements (`B` the largest product of trailing axes <= `_CHUNK`); part `a`
+  elements (`B` the largest product of trailing axes <= `CHUNK`); part `a`
   draws from `fold_in(key, a)`. Same key and shape, same numbers. If even the
-  last axis is longer than `_CHUNK`, the array is drawn whole.
+  last axis is longer than `CHUNK`, the array is drawn whole.
   """
   shape = g.shape
   size = math.prod(shape)
-  if size <= _CHUNK:
+  if size <= CHUNK:
     return fn(g.reshape(size), key).reshape(shape)
   b, j = 1, len(shape)
-  while j > 0 and b * shape[j - 1] <= _CHUNK:
+  while j > 0 and b * shape[j - 1] <= CHUNK:
     j -= 1
     b *= shape[j]
   if j == len(shape):
@@ -192,7 +192,7 @@ def _in_parts(fn, g, key) -> jax.Array:
   keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
       key, jnp.arange(a, dtype=jnp.uint32))
   out = jax.lax.map(lambda part: fn(*part), (g.reshape(a, b), keys),
-                    batch_size=max(1, _CHUNK // b))
+                    batch_size=max(1, CHUNK // b))
   return out.reshape(shape)
 
 
@@ -223,7 +223,7 @@ def vary(g, spec: DeviceSpec, *, key) -> jax.Array:
      gives `g_min` and `u >= 1 - stuck_at_max` gives `g_max` (`>=` rather
      than `>` so that a rate of exactly 1 sticks every cell).
 
-  Arrays larger than `_CHUNK` (4 M) elements are drawn in parts over their
+  Arrays larger than `CHUNK` (4 M) elements are drawn in parts over their
   leading axes, each part from `fold_in(key, part)`, so that the random
   number temporaries stay small; the statistics are the same.
 

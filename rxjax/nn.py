@@ -41,7 +41,9 @@ float rounding; otherwise the patches go through `crossbar.crossbar_matmul`.
 
 Gradients: w.r.t. the weights, the ideal ones (`x.T @ dy`); w.r.t. the
 inputs, `spec.backward` ("straight_through": floating point, RxNN
-re-training; "transposed_read": through the chip, TxSim).
+re-training; "transposed_read": through the chip, TxSim). `apply(backward=
+"circuit")` instead differentiates through the exact `G_eff` of the current
+weights and the mapping, converters straight-through (`circuit_grad`).
 
 It does not own the read (`crossbar.py`) or what to do with the layers
 (`rxjax.experiment`).
@@ -60,6 +62,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from rxjax import circuit_grad
 from rxjax import crossbar
 from rxjax import finite
 
@@ -287,11 +290,16 @@ _patches.defvjp(_patches_fwd, _patches_bwd)
 #   "refresh"    reprogram the current weights with the stored distortion
 #                (`crossbar.reprogram`); read
 #   "read"       read the stored chips
+#   "circuit"    the current weights on the stored chips, `G_eff` solved
+#                exactly, differentiable in the weights (`circuit_grad`);
+#                read, with the gradient of the linear read through `W_eff`
+#   "circuit_interpolated"  the same with the stored distortion
 #
 # Between the "write" and the "calibrate" pass, `_solve_written` solves the
 # tiles of every layer in one `crossbar.solve`.
 
-STAGES = ("write", "calibrate", "refresh", "read")
+STAGES = ("write", "calibrate", "refresh", "read") + tuple(
+    circuit_grad.STAGES.values())
 
 
 def _per_group(fn, *args):
@@ -351,7 +359,10 @@ def _layer_chips(module: nn.Module, w, x_fn, spec: ChipSpec, stage: str):
     the pass to the next layer); otherwise `(chips, w_eff, w_eff_bwd)`, the
     folded matrices `[G, K, F]` / `[G, F, K]` (`crossbar.fold`) when
     `spec.linear` (the backward one with the transposed read), else None.
+    At the circuit stages `w_eff` is always there, with its converters
+    straight-through (`circuit_grad.fold`), and carries `w`'s gradient.
   """
+  w_live = w
   w = jax.lax.stop_gradient(w)
   if stage == "write":
     keys = _group_keys(module.make_rng(RNG), w.shape[0])
@@ -369,6 +380,10 @@ def _layer_chips(module: nn.Module, w, x_fn, spec: ChipSpec, stage: str):
     return (chips, module.get_variable(COLLECTION, "w_eff"),
             module.get_variable(COLLECTION, "w_eff_bwd"))
   keys = module.get_variable(COLLECTION, "key")
+  if stage in circuit_grad.STAGES.values():  # Nothing stored.
+    chips = circuit_grad.program(w_live, chips, keys, spec,
+                                 exact=stage == "circuit")
+    return chips, circuit_grad.fold(chips, spec), None
   if stage == "calibrate":
 
     def one(c, x_g, w_g, key):
@@ -535,7 +550,14 @@ def dense_on_chip(module: nn.Module, x, kernel, spec: ChipSpec | None,
   if layer is None:  # Written, not solved yet: digital.
     return x @ kernel.astype(x.dtype)
   chips, w_eff, w_bwd = layer
-  if spec.linear:
+  if stage in circuit_grad.STAGES.values():
+    lo, hi = _clip_range(chips, spec, 1)
+    chip = jax.lax.stop_gradient(jax.tree.map(lambda a: a[0], chips))
+    y = circuit_grad.straight_through(
+        jnp.clip(x2, lo, hi) @ w_eff[0].astype(x.dtype),
+        lambda: crossbar.read(jax.lax.stop_gradient(x2), chip, spec,
+                              key=_read_key(module, spec)), spec)
+  elif spec.linear:
     lo, hi = _clip_range(chips, spec, 1)
     bwd = None if w_bwd is None else w_bwd[0].T
     y = _folded(jnp.matmul, x2, kernel.astype(x.dtype),
@@ -579,7 +601,15 @@ def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
     y = conv(x, kernel)
   else:
     chips, w_eff, w_bwd = layer
-    if spec.linear:
+    y_lin = None
+    if stage in circuit_grad.STAGES.values():
+      lo, hi = _clip_range(chips, spec, x.shape[-1])
+      y_lin = conv(jnp.clip(x, lo, hi),
+                   matrix_to_kernel(w_eff, conv.k).astype(x.dtype))
+      chips = jax.lax.stop_gradient(chips)
+    if y_lin is not None and spec.linear:
+      y = y_lin
+    elif spec.linear:
       lo, hi = _clip_range(chips, spec, x.shape[-1])
       k_eff = matrix_to_kernel(w_eff, conv.k).astype(x.dtype)
       k_bwd = None
@@ -601,6 +631,8 @@ def conv_on_chip(module: nn.Module, x, kernel, conv: _Conv,
         y = _per_group(read, p, w, chips, keys)
       y = jnp.moveaxis(y, 0, 1).reshape(
           (x.shape[0],) + out_spatial + (kernel.shape[-1],)).astype(x.dtype)
+      if y_lin is not None:
+        y = circuit_grad.straight_through(y_lin, lambda: y, spec)
     if chips is not None:
       y = _gained(module, y)
   return y.reshape(batch + y.shape[1:])
@@ -783,6 +815,39 @@ def _without_chips(variables):
   return {k: v for k, v in variables.items() if k != COLLECTION}
 
 
+def _explicit_context() -> bool:
+  """Whether the current mesh (`jax.set_mesh`) has Explicit axes."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return not mesh.empty and bool(mesh.explicit_axes)
+
+
+def _auto(mesh):
+  """`mesh` with every axis Auto (None stays None)."""
+  if mesh is None or not mesh.explicit_axes:
+    return mesh
+  auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
+  return jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+
+
+def _batch_spec(x) -> jax.sharding.PartitionSpec:
+  """The sharding of `x`'s leading (batch) axis, as a spec for outputs
+  with that leading axis."""
+  spec = jax.typeof(x).sharding.spec
+  return jax.sharding.PartitionSpec(spec[0] if len(spec) else None)
+
+
+def _on_auto_axes(fn, out_sharding, *args):
+  """`fn(*args)` with the current Explicit mesh's axes turned Auto.
+
+  The crossbar layers reshape batch-sharded activations into rows of tile
+  inputs and scan over tile rows with accumulators that start unsharded;
+  under Explicit axes (sharding in types) JAX asks for the output sharding
+  of every such reshape and scan carry. Inside, placement is GSPMD's, as on
+  an Auto mesh; the outputs come back as `out_sharding` says.
+  """
+  return jax.sharding.auto_axes(fn, out_sharding=out_sharding)(*args)
+
+
 def program(model: nn.Module, variables, x, spec: ChipSpec | None, *, key,
             mesh=None, **apply_kwargs) -> dict[str, Any]:
   """Programs every crossbar layer of `model` on one chip instance.
@@ -819,6 +884,11 @@ def program(model: nn.Module, variables, x, spec: ChipSpec | None, *, key,
     ValueError: a weight or a calibration input is NaN or inf (outside
       jit); the message names the variable.
   """
+  if _explicit_context():  # Chips replicated, as `solve` gathers them.
+    return _on_auto_axes(
+        lambda v, x, k: program(model, v, x, spec, key=k, mesh=_auto(mesh),
+                                **apply_kwargs),
+        jax.sharding.PartitionSpec(), variables, x, key)
   variables = _without_chips(variables)
   ok = finite.all_true(finite.check("variables", variables),
                        finite.check("x", x, "calibration batch"))
@@ -829,7 +899,8 @@ def program(model: nn.Module, variables, x, spec: ChipSpec | None, *, key,
 
 def apply(model: nn.Module, variables, chips, x, spec: ChipSpec | None, *,
           key=None, refresh: bool = False, program_key=None, mesh=None,
-          mutable=False, **apply_kwargs):
+          backward: str = "straight_through", mutable=False,
+          **apply_kwargs):
   """`model.apply` with its crossbar layers read from programmed chips.
 
   Args:
@@ -848,6 +919,13 @@ def apply(model: nn.Module, variables, chips, x, spec: ChipSpec | None, *,
       calibration pass is this call's forward pass). Returns `(output,
       state)` then.
     mesh: with `program_key`, the mesh that shares the solve (`program`).
+    backward: the re-training gradient (`circuit_grad.BACKWARDS`):
+      "straight_through" (the layers' own VJPs, `ChipSpec.backward`) or
+      "circuit" / "circuit_interpolated": the current `variables["params"]`
+      on the chips (their calibration kept), `G_eff` solved exactly or from
+      the stored distortion, and the gradient through the linear read,
+      `G_eff` and the mapping (`rxjax.circuit_grad` says exactly what is
+      differentiated). The chips are not changed.
     mutable: other collections to update (e.g. ["batch_stats"]).
     **apply_kwargs: passed to `model.apply`.
 
@@ -856,15 +934,33 @@ def apply(model: nn.Module, variables, chips, x, spec: ChipSpec | None, *,
     `(output, state)` with the updated collections (the new chips under
     "chips").
   """
+  if _explicit_context():
+    # The output keeps `x`'s batch sharding; the collections replicated.
+    batch = _batch_spec(x)
+    out = (batch, jax.sharding.PartitionSpec()) if (
+        refresh or program_key is not None or mutable) else batch
+    return _on_auto_axes(
+        lambda v, c, x, k, pk: apply(
+            model, v, c, x, spec, key=k, refresh=refresh, program_key=pk,
+            mesh=_auto(mesh), backward=backward, mutable=mutable,
+            **apply_kwargs),
+        out, variables, chips, x, key, program_key)
   variables = _without_chips(variables)
   rngs = {} if key is None else {"read": key}
   mutable = list(mutable) if mutable else []
+  if backward not in circuit_grad.BACKWARDS:
+    raise ValueError(f"`backward` must be one of {circuit_grad.BACKWARDS}, "
+                     f"got {backward!r}")
+  if backward != "straight_through" and (refresh or program_key is not None):
+    raise ValueError(f"`backward` = {backward!r} reads the current weights "
+                     "on the stored chips itself: pass neither `refresh` "
+                     "nor `program_key`")
   if program_key is not None:
     return _program_and_apply(model, variables, x, spec, program_key, mesh,
                               rngs, mutable, apply_kwargs)
   if chips:
     variables[COLLECTION] = chips
-  stage = "read"
+  stage = circuit_grad.STAGES.get(backward, "read")
   if refresh:
     stage = "refresh"
     mutable.append(COLLECTION)

@@ -36,6 +36,8 @@ from rxjax import models
 from rxjax import periphery
 
 MODES = ("digital", "retrain", "txsim")
+# `retrain.backward` (`rxjax.circuit_grad.BACKWARDS`; docs/training.md).
+RETRAIN_BACKWARDS = ("straight_through", "circuit", "circuit_interpolated")
 OPTIMIZERS = ("adam", "sgd")
 G_EFF_MODES = ("exact", "interpolated", "aam", "none")
 # Datasets that read `data_dir`; the others are bundled or generated.
@@ -325,12 +327,14 @@ class Plan:
     retrain_spec: the re-training chip (no variation), or None.
     chips_spec: the Monte-Carlo chip (with variation), or None.
     txsim: `{name: (ChipSpec, UpdateSpec)}` of a txsim run, else empty.
+    retrain_backward: `retrain.backward`, the re-training gradient.
   """
   eval_specs: dict
   retrain_size: int
   retrain_spec: crossbar.ChipSpec | None
   chips_spec: crossbar.ChipSpec | None
   txsim: dict
+  retrain_backward: str = "straight_through"
 
 
 def retrain_tile_size(config) -> int:
@@ -429,9 +433,26 @@ def check(config, *, entry: str = "train_and_evaluate") -> Plan:
   retrain = retrain.replace(gain_correction=gain, adc_range=adc_range)
   if config.retrain.num_epochs > 0:
     chips = chips.replace(gain_correction=gain, adc_range=adc_range)
+  backward = retrain_backward(config)
+  if backward != "straight_through" and retrain.backward != "straight_through":
+    raise ConfigError(
+        "retrain.backward", f"`retrain.backward` = {backward!r} has its own "
+        "input gradient (the chip's W_eff): it needs `chip.backward` = "
+        f"'straight_through', got {retrain.backward!r}")
   return Plan(eval_specs, size,
               retrain if config.retrain.num_epochs > 0 else None,
-              chips if num_chips > 0 else None, {})
+              chips if num_chips > 0 else None, {}, backward)
+
+
+def retrain_backward(config) -> str:
+  """`retrain.backward` (default "straight_through"), checked."""
+  value = (config.retrain.get("backward", "straight_through")
+           if _has(config, "retrain") else "straight_through")
+  if value not in RETRAIN_BACKWARDS:
+    raise ConfigError(
+        "retrain.backward", "`retrain.backward` must be one of "
+        f"{', '.join(repr(v) for v in RETRAIN_BACKWARDS)}, got {value!r}")
+  return value
 
 
 def _sized(config, size, variation, field):
@@ -512,7 +533,8 @@ def unused_fields(config, entry: str = "train_and_evaluate"
   training = ["batch_size", "num_epochs", "optimizer", "learning_rate",
               "momentum", "weight_decay", "log_every_steps", "mode",
               "init_workdir", "eval.tile_sizes", "retrain.num_epochs",
-              "retrain.learning_rate", "retrain.tile_size"]
+              "retrain.learning_rate", "retrain.tile_size",
+              "retrain.backward"]
   if entry == "evaluate":
     # eval.py reads `mode` (which network it evaluates), and in mode txsim
     # the chips and device updates the networks were trained with.
@@ -535,7 +557,8 @@ def unused_fields(config, entry: str = "train_and_evaluate"
         "training)")
   if mode == "txsim":
     add(["eval.tile_sizes", "eval.num_chips", "retrain.num_epochs",
-         "retrain.learning_rate", "retrain.tile_size"], "in mode 'txsim'")
+         "retrain.learning_rate", "retrain.tile_size", "retrain.backward"],
+        "in mode 'txsim'")
     add(["chip.backward", "chip.solver", "chip.aam_paths"],
         "in mode 'txsim' (txsim.g_eff sets it)")
     t = config.txsim
@@ -544,7 +567,8 @@ def unused_fields(config, entry: str = "train_and_evaluate"
     if t.g_eff != "aam":
       add(["txsim.aam_paths"], "unless txsim.g_eff is 'aam'")
   elif config.retrain.num_epochs == 0:
-    add(["retrain.learning_rate"], "with retrain.num_epochs 0")
+    add(["retrain.learning_rate", "retrain.backward"],
+        "with retrain.num_epochs 0")
   return unused
 
 

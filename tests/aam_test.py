@@ -207,7 +207,7 @@ def test_batch_equals_per_tile(shape, direction):
 def test_many_tiles_in_groups():
   """More tiles than one cache-sized group (lax.map with a padded tail)."""
   wires = REGIMES["reram"][1]
-  group = circuit._AAM_GROUP_ELEMENTS // (16 * 16)
+  group = circuit.AAM_GROUP_ELEMENTS // (16 * 16)
   g = _tile("reram", (group + 3, 16, 16), "groups")
   out = _aam(g, wires)
   for k in (0, group - 1, group, group + 2):

@@ -325,14 +325,14 @@ def test_read_noise_clipped_at_zero():
 
 
 # ---------------------------------------------------------------------------
-# Large arrays are drawn in parts (rxjax.device._CHUNK elements at a time).
+# Large arrays are drawn in parts (rxjax.device.CHUNK elements at a time).
 
 
 @pytest.fixture
 def small_chunk(monkeypatch):
   """Parts of at most 10_000 elements; the shapes below are used nowhere else
   (jit caches by shape, and a cached trace would keep the real chunk)."""
-  monkeypatch.setattr(device_module, "_CHUNK", 10_000)
+  monkeypatch.setattr(device_module, "CHUNK", 10_000)
 
 
 def test_parts_have_the_statistics_and_are_distinct(small_chunk):

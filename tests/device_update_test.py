@@ -257,7 +257,7 @@ def test_non_float_g_is_refused():
 
 
 def test_large_arrays_draw_in_distinct_parts(monkeypatch):
-  monkeypatch.setattr(device_module, "_CHUNK", 10_000)
+  monkeypatch.setattr(device_module, "CHUNK", 10_000)
   shape = (3, 60, 250)  # parts of 250 elements; this shape is used only here.
   g = jnp.full(shape, 0.5 * (G_MIN + G_MAX))
   dg = 1e-3 * R

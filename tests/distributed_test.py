@@ -4,6 +4,8 @@ References: the same computation on one device. A subprocess with 4 CPU
 devices (the device count is fixed when JAX starts) runs, on a 4-device
 mesh and on a 1-device mesh of the same process:
 
+* one chip programmed the product's way (`experiment.program_fn` on the
+  run's mesh: its tiles split over the devices) against one device;
 * 12 Monte-Carlo chips sharded (3 per device) and 7 (padded to 8), against
   the same chips one by one on one device;
 * 3 data-parallel training steps (digital with a batch that needs padding,
@@ -29,6 +31,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 _FOUR = r'''
 import json, os, sys, tempfile
 import jax
+import jax.extend
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 import numpy as np
@@ -73,6 +76,39 @@ single = [experiment.evaluate_on_chip(run1, variables, spec,
           for i in range(12)]
 out["chips"] = {"sharded": sharded["accuracies"], "odd": odd["accuracies"],
                 "single": single}
+
+# The product's programming of one chip (`experiment.program_fn` on the
+# run's mesh: train.py's and eval.py's non-ideal evaluations and the
+# re-training's chip) on 4 devices against 1.
+def shard_maps(jaxpr, found):
+  """(mesh size, global operand shape, per-device operand shape) of every
+  shard_map in `jaxpr`, nested ones included."""
+  for e in jaxpr.eqns:
+    if e.primitive.name == "shard_map":
+      found.append((e.params["mesh"].size, e.invars[0].aval.shape,
+                    e.params["jaxpr"].invars[0].aval.shape))
+  for sub in jax.extend.core.subjaxprs(jaxpr):
+    shard_maps(sub, found)
+  return found
+
+one_chip = {}
+for name, run in (("four", run4), ("one", run1)):
+  fn = experiment.program_fn(run.model, spec, run.mesh)
+  v, k = distributed.on_mesh((variables, key), run.mesh)
+  chips = fn(v, run.calib, k)
+  one_chip[name] = chips
+  one_chip[name + "_shard_maps"] = shard_maps(
+      jax.make_jaxpr(fn)(v, run.calib, k).jaxpr, [])
+  one_chip[name + "_replicated"] = [
+      c["chip"].g_eff.sharding.is_fully_replicated for c in chips.values()]
+rel = lambda a, b: float(np.abs(np.asarray(a, np.float64) - np.asarray(b))
+                         .max() / np.abs(np.asarray(b, np.float64)).max())
+out["program"] = {
+    "g_eff": max(rel(a["chip"].g_eff, b["chip"].g_eff) for a, b in zip(
+        one_chip["four"].values(), one_chip["one"].values())),
+    "dtype": str(next(iter(one_chip["one"].values()))["chip"].g_eff.dtype),
+    "layers": len(one_chip["one"]),
+    **{k: v for k, v in one_chip.items() if not k in ("four", "one")}}
 
 # 3 training steps, 4 devices against 1.
 def steps(run, spec, program, batch):
@@ -130,6 +166,25 @@ def test_sharded_monte_carlo_chips_are_the_chips_one_by_one(four_devices):
   np.testing.assert_allclose(c["sharded"], c["single"], atol=1e-12)
   np.testing.assert_allclose(c["odd"], c["single"][:7], atol=1e-12)
   assert len(set(c["single"])) > 1  # The chips differ: keys are per chip.
+
+
+@pytest.mark.slow
+def test_product_programming_on_the_mesh_is_sharded_and_equals_one_device(
+    four_devices):
+  """`experiment.program_fn` with the run's mesh (what train.py and eval.py
+  program every chip with) solves its tiles split over the 4 devices (the
+  traced shard_map gives each device a quarter of the tile batch) and
+  equals the one-device programming."""
+  p = four_devices["program"]
+  assert p["layers"] == 3
+  assert p["dtype"] == "float32"
+  assert p["g_eff"] <= 1e-6, p
+  [(size, whole, share)] = p["four_shard_maps"]
+  assert size == 4 and whole[0] % 4 == 0 and share[0] * 4 == whole[0], p
+  assert whole[1:] == share[1:] == [16, 16]
+  assert [s[0] for s in p["one_shard_maps"]] == [1]
+  # Gathered once after the solve: every layer's read needs its whole chip.
+  assert all(p["four_replicated"]), p
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from rxjax import models
-from rxjax.models import _head, _layers
+from rxjax.models import head, layers
 
 IMAGENET = (224, 224, 3)
 CIFAR = (32, 32, 3)
@@ -235,10 +235,10 @@ def test_batch_norm_train_updates_running_stats():
 
 
 def test_dropout_only_when_training():
-  head = _head.FCHead(3, (16, 16), 2, dropout_rate=0.5)
+  fc = head.FCHead(3, (16, 16), 2, dropout_rate=0.5)
   x = jax.random.normal(jax.random.key(4), (2, 5, 5, 4), jnp.float32)
-  variables = _random_variables(head, x)
-  apply = jax.jit(head.apply, static_argnames="train")
+  variables = _random_variables(fc, x)
+  apply = jax.jit(fc.apply, static_argnames="train")
   np.testing.assert_array_equal(apply(variables, x),
                                 apply(variables, x))  # no rng needed
   a = apply(variables, x, train=True, rngs={"dropout": jax.random.key(5)})
@@ -263,7 +263,7 @@ def test_min_input_is_exact(name, kw, monkeypatch):
     with pytest.raises(ValueError, match="min_input"):
       _init_shapes(model, side - 1)
     # Without the entry check the network itself runs out of pixels.
-    monkeypatch.setattr(_layers, "check_input", lambda *args: None)
+    monkeypatch.setattr(layers, "check_input", lambda *args: None)
     with pytest.raises(ValueError, match="too small|collapsed"):
       _init_shapes(model, side - 1)
 
@@ -289,14 +289,14 @@ def test_get_rejects_unknown_names_and_bad_fields():
 def test_pool_sizes_follow_caffe_and_pytorch():
   x = jnp.zeros((1, 54, 27, 1))
   # Caffe ceil mode (NiN ImageNet: 54 -> 27, 27 -> 13) and floor mode.
-  assert _layers.pool(x, "max", 3, 2, ceil_mode=True).shape == (1, 27, 13, 1)
-  assert _layers.pool(x, "max", 3, 2).shape == (1, 26, 13, 1)
+  assert layers.pool(x, "max", 3, 2, ceil_mode=True).shape == (1, 27, 13, 1)
+  assert layers.pool(x, "max", 3, 2).shape == (1, 26, 13, 1)
   # Overhanging ceil-mode windows average only real pixels (Caffe, pad 0).
   row = jnp.arange(4.0).reshape(1, 1, 4, 1)
-  out = _layers.pool(jnp.tile(row, (1, 3, 1, 1)), "avg", 3, 2, ceil_mode=True)
+  out = layers.pool(jnp.tile(row, (1, 3, 1, 1)), "avg", 3, 2, ceil_mode=True)
   np.testing.assert_allclose(out[0, 0, :, 0], [1.0, 2.5])
   with pytest.raises(ValueError, match="too small"):
-    _layers.pool(jnp.zeros((1, 1, 1, 1)), "max", 3, 2, ceil_mode=True)
+    layers.pool(jnp.zeros((1, 1, 1, 1)), "max", 3, 2, ceil_mode=True)
 
 
 # H = n and W = n + 1 cover identity, even bins, overlapping bins, repeated
@@ -304,7 +304,7 @@ def test_pool_sizes_follow_caffe_and_pytorch():
 @pytest.mark.parametrize("n,size", [(7, 7), (14, 7), (13, 6), (1, 7)])
 def test_adaptive_avg_pool_matches_pytorch_bins(n, size):
   x = jax.random.normal(jax.random.key(7), (2, n, n + 1, 3), jnp.float64)
-  got = jax.jit(_layers.adaptive_avg_pool, static_argnums=1)(x, size)
+  got = jax.jit(layers.adaptive_avg_pool, static_argnums=1)(x, size)
   xn = np.asarray(x)
   want = np.zeros((2, size, size, 3))
   for i in range(size):

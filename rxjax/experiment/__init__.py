@@ -10,6 +10,8 @@ the edge). One concern per module:
   finished evaluations, metrics, atomic JSON.
 * `migration`: what changed between a directory's config.json and the
   config a run starts with (fields added since, placement fields).
+* `keys`: every key a run draws from, derived from `config.seed` (the
+  chip a run trains on: `keys.chip_key`).
 * `progress`: progress lines with rate and ETA.
 * `run`: what every phase shares (`Setup`: model, data, calibration
   images, mesh).
@@ -34,6 +36,7 @@ resumed run does not repeat them), metrics (`rxjax.metrics`: one line per
 (phase, step)) and the summary, which names the checkpoints it came from.
 """
 
+from rxjax.experiment import keys
 from rxjax.experiment.evaluation import (accuracy, chip_energy, clear_compiled,
                                          evaluate_chips, evaluate_on_chip,
                                          program_fn)
@@ -50,7 +53,7 @@ from rxjax.experiment.workflows import evaluate, train_and_evaluate
 __all__ = [
     "Loaded", "Progress", "Setup", "Workdir", "accuracy", "checkpoint_manager",
     "chip_energy", "chip_spec", "clear_compiled", "evaluate", "evaluate_chips",
-    "evaluate_on_chip", "init_variables", "load_latest", "optimizer",
+    "evaluate_on_chip", "init_variables", "keys", "load_latest", "optimizer",
     "program_fn", "restore_or", "retrain_spec", "setup", "table", "train",
     "train_and_evaluate", "train_step", "txsim_specs",
 ]

@@ -53,10 +53,16 @@ _COMPILED = 8
 
 
 @functools.lru_cache(maxsize=_COMPILED)
-def program_fn(model, spec):
-  """`rnn.program(model, variables, x, spec, key=key)` as a function of
-  `(variables, x, key)`, compiled once per (model, spec)."""
-  return jax.jit(lambda v, x, key: rnn.program(model, v, x, spec, key=key))
+def program_fn(model, spec, mesh: jax.sharding.Mesh | None = None):
+  """`rnn.program(model, variables, x, spec, key=key, mesh=mesh)` as a
+  function of `(variables, x, key)`, compiled once per (model, spec, mesh).
+
+  With the run's `mesh`, the tile axis of the network's one batched solve
+  is split over its devices (`crossbar.solve`) and the solved chips come
+  back replicated: every device reads the whole network. The weights and
+  key must be on the mesh's devices (`distributed.on_mesh`)."""
+  return jax.jit(lambda v, x, key: rnn.program(model, v, x, spec, key=key,
+                                               mesh=mesh))
 
 
 @functools.lru_cache(maxsize=_COMPILED)
@@ -74,7 +80,9 @@ def evaluate_on_chip(run: Setup, variables, spec, *, key,
   """Programs one chip instance (calibrated on the run's calibration set)
   and returns its test accuracy; fills `energy` (if given) with
   `chip_energy` of the same programmed chip."""
-  chips = program_fn(run.model, spec)(variables, run.calib, key=key)
+  variables, key = distributed.on_mesh((variables, key), run.mesh)
+  chips = program_fn(run.model, spec, run.mesh)(variables, run.calib,
+                                                 key=key)
   if energy is not None:
     energy.update(chip_energy(run, variables, spec, chips=chips))
   return accuracy(run.model, variables, run.data, spec, chips=chips,
@@ -124,7 +132,8 @@ def chip_energy(run: Setup, variables, spec, *, chips=None, key=None) -> dict:
   (one compile serves every chip of the run).
   """
   if chips is None:
-    chips = program_fn(run.model, spec)(variables, run.calib, key=key)
+    v, key = distributed.on_mesh((variables, key), run.mesh)
+    chips = program_fn(run.model, spec, run.mesh)(v, run.calib, key=key)
   jax.block_until_ready(chips)  # The programming is the evaluation's.
   start = time.perf_counter()
   report = energy_lib.estimate(run.model, variables,

@@ -28,7 +28,8 @@ ADDED_FIELDS = {"chip.pair_subtraction": "digital",
                                 "dac_bits", "dac_model", "adc_bits",
                                 "pair_subtraction", "inputs")},
                 "retrain.gain_correction": "none",
-                "retrain.adc_range": "calibrated"}
+                "retrain.adc_range": "calibrated",
+                "retrain.backward": "straight_through"}
 
 
 # Where a run is placed, not what it computes: a work directory resumes with

@@ -26,6 +26,7 @@ from rxjax import device as device_lib
 from rxjax import distributed
 from rxjax import nn as rnn
 from rxjax import optim
+from rxjax.experiment import keys
 from rxjax.experiment.evaluation import accuracy, program_fn
 from rxjax.experiment.progress import Progress
 from rxjax.experiment.run import Setup, init_variables
@@ -33,7 +34,8 @@ from rxjax.experiment.workdir import Workdir
 
 
 def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
-              epochs: int, learning_rate: float) -> optax.GradientTransformation:
+              epochs: int,
+              learning_rate: float) -> optax.GradientTransformation:
   """The config's optimizer (`optimizer`: "sgd" with `momentum`, or "adam";
   `weight_decay` added first) on a cosine decay of `learning_rate` over
   `epochs * steps_per_epoch` steps: what `train` runs."""
@@ -92,7 +94,8 @@ def checkpoint_manager(workdir: Workdir, phase: str) -> ocp.CheckpointManager:
 
 def train_step(model, opt: optax.GradientTransformation,
                spec: crossbar.ChipSpec | None = None, *, has_stats: bool = False,
-               program: bool = False, mesh: jax.sharding.Mesh | None = None):
+               program: bool = False, mesh: jax.sharding.Mesh | None = None,
+               backward: str = "straight_through"):
   """The jitted training step that `train` runs.
 
   `step(state, chips, x, y) -> (state, chips, loss, accuracy)` with `state =
@@ -105,7 +108,15 @@ def train_step(model, opt: optax.GradientTransformation,
   current weights exactly on that chip (every `G_eff` solved, ADCs
   calibrated on `x`: TxSim's exact FCM) in its own forward pass, which
   equals `nn.program` followed by the step without a second pass over the
-  batch. Benchmarks time this function.
+  batch; its tiles' solve is split over `mesh` (`crossbar.solve`).
+  Benchmarks time this function.
+
+  `backward` (`config.retrain.backward`): "straight_through" as above;
+  "circuit" / "circuit_interpolated" read the current weights on `chips`
+  (their calibration kept, `G_eff` solved exactly every step or from the
+  stored distortion) and differentiate the loss through the linear read,
+  `G_eff` and the mapping (`rxjax.circuit_grad`); `chips` come back as
+  they went in.
 
   Data-parallel over `mesh` (DESIGN 6): pass `x` and `y` split over its
   axis (`distributed.global_batches`) and the rest replicated; every output
@@ -116,6 +127,9 @@ def train_step(model, opt: optax.GradientTransformation,
   mutable = ["batch_stats"] if has_stats else []
   if program and spec is None:
     raise ValueError("`program=True` needs a chip `spec`")
+  if backward != "straight_through" and (spec is None or program):
+    raise ValueError(f"`backward` = {backward!r} needs a chip `spec` and "
+                     "programmed chips (not `program=True`)")
 
   def loss_fn(params, variables, chips, x, y):
     v = {**variables, "params": params}
@@ -126,7 +140,11 @@ def train_step(model, opt: optax.GradientTransformation,
       logits, new = out
     elif program:
       logits, new = rnn.apply(model, v, None, x, spec, program_key=chips,
-                              mutable=mutable, **kw)
+                              mesh=mesh, mutable=mutable, **kw)
+    elif backward != "straight_through":
+      out = rnn.apply(model, v, chips, x, spec, backward=backward,
+                      mutable=mutable, **kw)
+      logits, new = out if mutable else (out, {})
     else:
       logits, new = rnn.apply(model, v, chips, x, spec, refresh=True,
                               mutable=mutable, **kw)
@@ -154,7 +172,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
           learning_rate: float, spec: crossbar.ChipSpec | None = None,
           init: dict | None = None, update: device_lib.UpdateSpec | None = None,
           program_every: int | None = None,
-          on_epoch: Callable[[int, dict], Any] | None = None) -> dict:
+          on_epoch: Callable[[int, dict], Any] | None = None,
+          backward: str = "straight_through") -> dict:
   """Trains digitally (spec None), re-trains (RxNN VII) or trains on a chip.
 
   With a spec, the forward pass runs on the chip and the backward pass as
@@ -172,6 +191,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
   `phase`) and, every `config.log_every_steps` steps, the mean training loss
   and accuracy of those steps (phase `phase + "/steps"`). `on_epoch(epoch,
   variables)`, if given, is called after each epoch it trains (diagnostics).
+  `backward` (`config.retrain.backward`, `train_step`): the re-training
+  gradient, "straight_through" or circuit-aware.
 
   Returns:
     The trained variables.
@@ -185,7 +206,7 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     # Raw uint32 key: the optimizer state is checkpointed.
     opt = optax.chain(opt, optim.apply_device_response(
         update, spec.device if spec is not None else None,
-        key=jax.random.PRNGKey(config.seed + 1)))
+        key=keys.update_key(config.seed)))
   mesh = run.mesh
   fresh = distributed.replicate(
       {"variables": variables, "opt_state": opt.init(variables["params"])},
@@ -199,7 +220,8 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
         lambda r: r.get("phase") in (phase, f"{phase}/steps")
         and r.get("step", 0) > start * steps_per_epoch)
   has_stats = "batch_stats" in variables
-  step = train_step(model, opt, spec, has_stats=has_stats, mesh=mesh)
+  step = train_step(model, opt, spec, has_stats=has_stats, mesh=mesh,
+                    backward=backward)
   exact_step = None
   if spec is not None and program_every:
     exact_step = train_step(model, opt, spec, has_stats=has_stats,
@@ -207,13 +229,13 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
 
   program = None
   chip_key = distributed.replicate(
-      jax.random.fold_in(jax.random.key(config.seed), 1_000_003), mesh)
+      keys.chip_key(config.seed), mesh)
   if spec is not None:
-    program = functools.partial(program_fn(model, spec), key=chip_key)
+    program = functools.partial(program_fn(model, spec, mesh), key=chip_key)
   progress = Progress(phase, (epochs - start) * steps_per_epoch)
   log_every = config.log_every_steps
   for epoch in range(start, epochs):
-    key = jax.random.fold_in(jax.random.key(config.seed), epoch)
+    key = keys.epoch_key(config.seed, epoch)
     chips = None
     if program is not None and not program_every:
       chips = program(state["variables"], run.calib)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import time
 
-import jax
 import ml_collections
 
 from rxjax import distributed
 from rxjax import plots
 from rxjax import validate
+from rxjax.experiment import keys
 from rxjax.experiment import loading
 from rxjax.experiment.evaluation import (accuracy, chip_energy, evaluate_chips,
                                          evaluate_on_chip, print_energy)
@@ -55,7 +55,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   print(f"  data: {run.data.name}, {len(run.data.y_train)} train / "
         f"{len(run.data.y_test)} test images; model: {config.model}",
         flush=True)
-  key = jax.random.key(config.seed)
+  seed = config.seed
   if config.mode == "txsim":
     return _txsim(config, run, wd, start)
   if config.mode == "digital":
@@ -75,11 +75,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       energy = {}
       summary[mode][name] = wd.result(f"{mode}/{name}", lambda: (
           evaluate_on_chip(run, variables, spec,
-                           key=jax.random.fold_in(key, size), energy=energy)))
+                           key=keys.eval_chip_key(seed, size), energy=energy)))
       print(f"  {mode} {name}: {summary[mode][name]:.4f}", flush=True)
       summary["energy"][mode][name] = wd.result(
           f"energy/{mode}/{name}", lambda: energy or chip_energy(
-              run, variables, spec, key=jax.random.fold_in(key, size)))
+              run, variables, spec, key=keys.eval_chip_key(seed, size)))
       print_energy(mode, name, summary["energy"][mode][name])
       wd.log(0, f"eval/{mode}/{name}", accuracy=summary[mode][name])
   final = variables
@@ -89,23 +89,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     final = train(config, run, wd, phase="retrain",
                   epochs=config.retrain.num_epochs,
                   learning_rate=config.retrain.learning_rate, spec=spec,
-                  init=variables)
+                  init=variables, backward=plan.retrain_backward)
     energy = {}
     summary["retrained"] = {_cross(size): wd.result(
         f"retrained/{_cross(size)}", lambda: evaluate_on_chip(
-            run, final, spec, key=jax.random.fold_in(key, size),
+            run, final, spec, key=keys.eval_chip_key(seed, size),
             energy=energy))}
     print(f"  retrained {_cross(size)}: "
           f"{summary['retrained'][_cross(size)]:.4f}", flush=True)
     summary["energy"]["retrained"] = {_cross(size): wd.result(
         f"energy/retrained/{_cross(size)}", lambda: energy or chip_energy(
-            run, final, spec, key=jax.random.fold_in(key, size)))}
+            run, final, spec, key=keys.eval_chip_key(seed, size)))}
     print_energy("retrained", _cross(size),
                   summary["energy"]["retrained"][_cross(size)])
   if config.eval.num_chips > 0:
     chips_spec = plan.chips_spec
     summary["chips"] = wd.result("chips", lambda: evaluate_chips(
-        run, final, chips_spec, key=jax.random.fold_in(key, 10_000),
+        run, final, chips_spec, key=keys.monte_carlo_key(seed),
         n=config.eval.num_chips, batch_size=config.eval.batch_size))
     summary["chips"]["tile_size"] = size
     summary["chips"]["network"] = ("retrained" if
@@ -127,7 +127,7 @@ def _txsim_accuracy(config, run: Setup, variables, spec) -> float:
   the backward pass does not matter here)."""
   return evaluate_on_chip(
       run, variables, spec.replace(backward="straight_through"),
-      key=jax.random.fold_in(jax.random.key(config.seed), 1_000_003))
+      key=keys.chip_key(config.seed))
 
 
 def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
@@ -206,7 +206,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return result
   (variables, network, checkpoint), = loaded.values()
   variables = distributed.replicate(variables, run.mesh)
-  key = jax.random.key(config.seed)
+  seed = config.seed
   size = config.chip.tile_size
   name = _cross(size)
   result = {"network": network, "checkpoint": checkpoint,
@@ -217,7 +217,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     spec = plan.eval_specs[(mode, size)]
     energy = {}
     result[mode] = {name: evaluate_on_chip(run, variables, spec,
-                                           key=jax.random.fold_in(key, size),
+                                           key=keys.eval_chip_key(seed, size),
                                            energy=energy)}
     print(f"  {mode} {name}: {result[mode][name]:.4f}", flush=True)
     result["energy"][mode] = {name: energy}
@@ -225,7 +225,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.eval.num_chips > 0:
     result["chips"] = evaluate_chips(
         run, variables, plan.chips_spec,
-        key=jax.random.fold_in(key, 10_000), n=config.eval.num_chips,
+        key=keys.monte_carlo_key(seed), n=config.eval.num_chips,
         batch_size=config.eval.batch_size)
     result["chips"]["tile_size"] = size
   result["devices"] = distributed.devices_info(run.mesh)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import flax.linen as nn
 
 from rxjax import _checks
-from rxjax.models import _head, _layers
+from rxjax.models import head, layers
 
 # (features, kernel, stride, pad, groups, max pool 3/2 after it)
 _LAYERS = {
@@ -56,9 +56,9 @@ class AlexNet(nn.Module):
 
 
   def __post_init__(self):
-    _layers.check_num_classes(self.num_classes)
+    layers.check_num_classes(self.num_classes)
     _checks.check_choice("variant", self.variant, tuple(_LAYERS))
-    _head.check_head(self.pool_size, self.dropout_rate)
+    head.check_head(self.pool_size, self.dropout_rate)
     super().__post_init__()
 
   @property
@@ -77,13 +77,13 @@ class AlexNet(nn.Module):
     Returns:
       [B, num_classes] logits.
     """
-    _layers.check_input(x, self.min_input, "AlexNet")
+    layers.check_input(x, self.min_input, "AlexNet")
     for i, (f, k, s, p, g, pooled) in enumerate(_LAYERS[self.variant]):
       x = nn.Conv(f, (k, k), (s, s), padding=((p, p), (p, p)),
-                  feature_group_count=g, kernel_init=_layers.relu_init,
+                  feature_group_count=g, kernel_init=layers.relu_init,
                   name=f"conv{i + 1}")(x)
       x = nn.relu(x)
       if pooled:
-        x = _layers.pool(x, "max", 3, 2, name=f"pool{i + 1}")
-    return _head.FCHead(self.num_classes, (4096, 4096), self.pool_size,
+        x = layers.pool(x, "max", 3, 2, name=f"pool{i + 1}")
+    return head.FCHead(self.num_classes, (4096, 4096), self.pool_size,
                         self.dropout_rate, name="classifier")(x, train)

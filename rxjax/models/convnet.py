@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import flax.linen as nn
 
-from rxjax.models import _layers
+from rxjax.models import layers
 
 
 class ConvNet(nn.Module):
@@ -33,7 +33,7 @@ class ConvNet(nn.Module):
   min_input: ClassVar[int] = 8
 
   def __post_init__(self):
-    _layers.check_num_classes(self.num_classes)
+    layers.check_num_classes(self.num_classes)
     super().__post_init__()
 
   @nn.compact
@@ -48,15 +48,15 @@ class ConvNet(nn.Module):
       [B, num_classes] logits.
     """
     del train
-    _layers.check_input(x, self.min_input, "ConvNet")
+    layers.check_input(x, self.min_input, "ConvNet")
     conv = lambda f, name: nn.Conv(f, (5, 5), padding=((2, 2), (2, 2)),
-                                   kernel_init=_layers.relu_init, name=name)
+                                   kernel_init=layers.relu_init, name=name)
     # The prototxt pools before the first ReLU; max pooling and ReLU commute.
     x = nn.relu(conv(32, "conv1")(x))
-    x = _layers.pool(x, "max", 3, 2, ceil_mode=True, name="pool1")
+    x = layers.pool(x, "max", 3, 2, ceil_mode=True, name="pool1")
     x = nn.relu(conv(32, "conv2")(x))
-    x = _layers.pool(x, "avg", 3, 2, ceil_mode=True, name="pool2")
+    x = layers.pool(x, "avg", 3, 2, ceil_mode=True, name="pool2")
     x = nn.relu(conv(64, "conv3")(x))
-    x = _layers.pool(x, "avg", 3, 2, ceil_mode=True, name="pool3")
-    x = nn.Dense(64, name="ip1")(_layers.flatten(x))
+    x = layers.pool(x, "avg", 3, 2, ceil_mode=True, name="pool3")
+    x = nn.Dense(64, name="ip1")(layers.flatten(x))
     return nn.Dense(self.num_classes, name="ip2")(x)

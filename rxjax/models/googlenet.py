@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rxjax import _checks
-from rxjax.models import _layers
+from rxjax.models import layers
 
 # Table 1: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
 INCEPTION = {
@@ -56,7 +56,7 @@ class _ConvReLU(nn.Module):
     k, p = self.kernel, (self.kernel - 1) // 2
     x = nn.Conv(self.features, (k, k), (self.stride, self.stride),
                 padding=((p, p), (p, p)), use_bias=not self.batch_norm,
-                kernel_init=_layers.relu_init, name="conv")(x)
+                kernel_init=layers.relu_init, name="conv")(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        epsilon=1e-3, name="bn")(x)
@@ -84,7 +84,7 @@ class Inception(nn.Module):
     b2 = unit(c3, 3, "b2_3x3")(unit(c3r, 1, "b2_reduce")(x, train), train)
     b3 = unit(c5, self.big_kernel, "b3_5x5")(
         unit(c5r, 1, "b3_reduce")(x, train), train)
-    b4 = unit(cp, 1, "b4_proj")(_layers.pool(x, "max", 3, 1, pad=1), train)
+    b4 = unit(cp, 1, "b4_proj")(layers.pool(x, "max", 3, 1, pad=1), train)
     return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
 
@@ -102,7 +102,7 @@ class GoogLeNet(nn.Module):
   min_input: ClassVar[int] = 31
 
   def __post_init__(self):
-    _layers.check_num_classes(self.num_classes)
+    layers.check_num_classes(self.num_classes)
     _checks.check_choice("variant", self.variant, ("paper", "torchvision"))
     super().__post_init__()
 
@@ -118,10 +118,10 @@ class GoogLeNet(nn.Module):
     Returns:
       [B, num_classes] logits.
     """
-    _layers.check_input(x, self.min_input, "GoogLeNet")
+    layers.check_input(x, self.min_input, "GoogLeNet")
     bn = self.variant == "torchvision"
     big = 3 if bn else 5
-    mpool = lambda x, name: _layers.pool(x, "max", 3, 2, ceil_mode=True,
+    mpool = lambda x, name: layers.pool(x, "max", 3, 2, ceil_mode=True,
                                          name=name)
     x = _ConvReLU(64, 7, 2, bn, name="conv1")(x, train)
     x = mpool(x, "pool1")
@@ -135,5 +135,5 @@ class GoogLeNet(nn.Module):
       else:
         x = Inception(INCEPTION[stage], big, bn,
                       name=f"inception{stage}")(x, train)
-    x = _layers.global_avg_pool(x)
+    x = layers.global_avg_pool(x)
     return nn.Dense(self.num_classes, name="fc")(x)

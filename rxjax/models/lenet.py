@@ -20,7 +20,7 @@ from typing import ClassVar
 import flax.linen as nn
 
 from rxjax import _checks
-from rxjax.models import _layers
+from rxjax.models import layers
 
 
 class LeNet5(nn.Module):
@@ -39,7 +39,7 @@ class LeNet5(nn.Module):
   field: ClassVar[int] = 32
 
   def __post_init__(self):
-    _layers.check_num_classes(self.num_classes)
+    layers.check_num_classes(self.num_classes)
     _checks.check_choice("pooling", self.pooling, ("max", "avg"))
     super().__post_init__()
 
@@ -55,18 +55,18 @@ class LeNet5(nn.Module):
       [B, num_classes] logits.
     """
     del train
-    _layers.check_input(x, self.min_input, "LeNet5")
+    layers.check_input(x, self.min_input, "LeNet5")
     pads = []
     for n in x.shape[1:3]:
       total = max(0, self.field - n)
       pads.append((total // 2, total - total // 2))
-    x = nn.Conv(6, (5, 5), padding=pads, kernel_init=_layers.relu_init,
+    x = nn.Conv(6, (5, 5), padding=pads, kernel_init=layers.relu_init,
                 name="conv1")(x)
-    x = _layers.pool(nn.relu(x), self.pooling, 2, 2, name="pool1")
-    x = nn.Conv(16, (5, 5), padding="VALID", kernel_init=_layers.relu_init,
+    x = layers.pool(nn.relu(x), self.pooling, 2, 2, name="pool1")
+    x = nn.Conv(16, (5, 5), padding="VALID", kernel_init=layers.relu_init,
                 name="conv2")(x)
-    x = _layers.pool(nn.relu(x), self.pooling, 2, 2, name="pool2")
-    x = _layers.flatten(x)
-    x = nn.relu(nn.Dense(120, kernel_init=_layers.relu_init, name="fc1")(x))
-    x = nn.relu(nn.Dense(84, kernel_init=_layers.relu_init, name="fc2")(x))
+    x = layers.pool(nn.relu(x), self.pooling, 2, 2, name="pool2")
+    x = layers.flatten(x)
+    x = nn.relu(nn.Dense(120, kernel_init=layers.relu_init, name="fc1")(x))
+    x = nn.relu(nn.Dense(84, kernel_init=layers.relu_init, name="fc2")(x))
     return nn.Dense(self.num_classes, name="fc3")(x)

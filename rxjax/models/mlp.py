@@ -11,7 +11,7 @@ from typing import ClassVar, Sequence
 
 import flax.linen as nn
 
-from rxjax.models import _layers
+from rxjax.models import layers
 
 
 class MLP(nn.Module):
@@ -27,7 +27,7 @@ class MLP(nn.Module):
   min_input: ClassVar[int] = 1
 
   def __post_init__(self):
-    _layers.check_num_classes(self.num_classes)
+    layers.check_num_classes(self.num_classes)
     if not all(isinstance(h, int) and h >= 1 for h in self.hidden):
       raise ValueError(f"`hidden` must be ints >= 1, got {self.hidden!r}")
     super().__post_init__()

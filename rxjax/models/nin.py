@@ -26,7 +26,7 @@ from typing import ClassVar, Sequence
 
 import flax.linen as nn
 
-from rxjax.models import _layers
+from rxjax.models import layers
 
 
 class _MLPConv(nn.Module):
@@ -46,7 +46,7 @@ class _MLPConv(nn.Module):
       strides = (self.stride, self.stride) if i == 0 else (1, 1)
       padding = ((p, p), (p, p)) if i == 0 else "VALID"
       x = nn.Conv(f, shape, strides, padding=padding,
-                  kernel_init=_layers.relu_init)(x)
+                  kernel_init=layers.relu_init)(x)
       if not last or self.final_relu:
         x = nn.relu(x)
     return x
@@ -69,7 +69,7 @@ class _NiNBase(nn.Module):
   min_input: ClassVar[int] = 1
 
   def __post_init__(self):
-    _layers.check_num_classes(self.num_classes)
+    layers.check_num_classes(self.num_classes)
     super().__post_init__()
 
   @nn.compact
@@ -84,7 +84,7 @@ class _NiNBase(nn.Module):
       [B, num_classes] logits.
     """
     del train
-    _layers.check_input(x, self.min_input, type(self).__name__)
+    layers.check_input(x, self.min_input, type(self).__name__)
     for i, (widths, kernel, stride, pad, pool) in enumerate(self.blocks):
       last = i == len(self.blocks) - 1
       if last:
@@ -92,8 +92,8 @@ class _NiNBase(nn.Module):
       x = _MLPConv(widths, kernel, stride, pad,
                    self.final_relu if last else True, name=f"block{i + 1}")(x)
       if pool is not None:
-        x = _layers.pool(x, pool, 3, 2, ceil_mode=True, name=f"pool{i + 1}")
-    return _layers.global_avg_pool(x)
+        x = layers.pool(x, pool, 3, 2, ceil_mode=True, name=f"pool{i + 1}")
+    return layers.global_avg_pool(x)
 
 
 class NiNCifar(_NiNBase):

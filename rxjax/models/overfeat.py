@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import flax.linen as nn
 
-from rxjax.models import _head, _layers
+from rxjax.models import head, layers
 
 # (features, kernel, stride, pad, max pool 2/2 after it), Table 1.
 _LAYERS = ((96, 11, 4, 0, True), (256, 5, 1, 0, True), (512, 3, 1, 1, False),
@@ -40,8 +40,8 @@ class OverFeat(nn.Module):
   min_input: ClassVar[int] = 71
 
   def __post_init__(self):
-    _layers.check_num_classes(self.num_classes)
-    _head.check_head(self.pool_size, self.dropout_rate)
+    layers.check_num_classes(self.num_classes)
+    head.check_head(self.pool_size, self.dropout_rate)
     super().__post_init__()
 
   @nn.compact
@@ -55,12 +55,12 @@ class OverFeat(nn.Module):
     Returns:
       [B, num_classes] logits.
     """
-    _layers.check_input(x, self.min_input, "OverFeat")
+    layers.check_input(x, self.min_input, "OverFeat")
     for i, (f, k, s, p, pooled) in enumerate(_LAYERS):
       x = nn.Conv(f, (k, k), (s, s), padding=((p, p), (p, p)),
-                  kernel_init=_layers.relu_init, name=f"conv{i + 1}")(x)
+                  kernel_init=layers.relu_init, name=f"conv{i + 1}")(x)
       x = nn.relu(x)
       if pooled:
-        x = _layers.pool(x, "max", 2, 2, name=f"pool{i + 1}")
-    return _head.FCHead(self.num_classes, (3072, 4096), self.pool_size,
+        x = layers.pool(x, "max", 2, 2, name=f"pool{i + 1}")
+    return head.FCHead(self.num_classes, (3072, 4096), self.pool_size,
                         self.dropout_rate, name="classifier")(x, train)

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rxjax import _checks
-from rxjax.models import _layers
+from rxjax.models import layers
 
 # torchvision's and the paper's (Table 1) stage depths.
 STAGES = {
@@ -49,7 +49,7 @@ def _conv(features, kernel, stride=1, name=None):
   pad = (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), (stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False,
-                 kernel_init=_layers.relu_init, name=name)
+                 kernel_init=layers.relu_init, name=name)
 
 
 def _norm(train, name=None):
@@ -127,7 +127,7 @@ class ResNet(nn.Module):
   min_input: ClassVar[int] = 1
 
   def __post_init__(self):
-    _layers.check_num_classes(self.num_classes)
+    layers.check_num_classes(self.num_classes)
     _checks.check_choice("depth", self.depth, tuple(STAGES))
     super().__post_init__()
 
@@ -143,11 +143,11 @@ class ResNet(nn.Module):
     Returns:
       [B, num_classes] logits.
     """
-    _layers.check_input(x, self.min_input, f"ResNet-{self.depth}")
+    layers.check_input(x, self.min_input, f"ResNet-{self.depth}")
     kind, stages = STAGES[self.depth]
     x = _conv(64, 7, 2, name="conv1")(x)
     x = nn.relu(_norm(train, name="bn1")(x))
-    x = _layers.pool(x, "max", 3, 2, pad=1, name="pool1")
+    x = layers.pool(x, "max", 3, 2, pad=1, name="pool1")
     for i, blocks in enumerate(stages):
       for j in range(blocks):
         stride = 2 if i > 0 and j == 0 else 1
@@ -156,7 +156,7 @@ class ResNet(nn.Module):
           x = BasicBlock(64 * 2**i, stride, name=name)(x, train)
         else:
           x = Bottleneck(64 * 2**i, stride, name=name)(x, train)
-    x = _layers.global_avg_pool(x)
+    x = layers.global_avg_pool(x)
     return nn.Dense(self.num_classes, name="fc")(x)
 
 
@@ -176,7 +176,7 @@ class CifarResNet(nn.Module):
   min_input: ClassVar[int] = 1
 
   def __post_init__(self):
-    _layers.check_num_classes(self.num_classes)
+    layers.check_num_classes(self.num_classes)
     if not (_checks.is_int(self.depth) and self.depth >= 8
             and (self.depth - 2) % 6 == 0):
       raise ValueError(f"`depth` must be 6n + 2 with n >= 1 (20, 32, 44, 56, "
@@ -196,7 +196,7 @@ class CifarResNet(nn.Module):
     Returns:
       [B, num_classes] logits.
     """
-    _layers.check_input(x, self.min_input, f"ResNet-{self.depth}")
+    layers.check_input(x, self.min_input, f"ResNet-{self.depth}")
     n = (self.depth - 2) // 6
     x = _conv(16, 3, name="conv1")(x)
     x = nn.relu(_norm(train, name="bn1")(x))
@@ -205,5 +205,5 @@ class CifarResNet(nn.Module):
         stride = 2 if i > 0 and j == 0 else 1
         x = BasicBlock(16 * 2**i, stride, self.shortcut,
                        name=f"layer{i + 1}_{j}")(x, train)
-    x = _layers.global_avg_pool(x)
+    x = layers.global_avg_pool(x)
     return nn.Dense(self.num_classes, name="fc")(x)

@@ -16,7 +16,7 @@ from typing import Sequence, Union
 
 import flax.linen as nn
 
-from rxjax.models import _head, _layers
+from rxjax.models import head, layers
 
 # Table 1 of the paper; "M" is a 2/2 max pool.
 CONFIGS = {
@@ -49,8 +49,8 @@ class VGG(nn.Module):
 
 
   def __post_init__(self):
-    _layers.check_num_classes(self.num_classes)
-    _head.check_head(self.pool_size, self.dropout_rate)
+    layers.check_num_classes(self.num_classes)
+    head.check_head(self.pool_size, self.dropout_rate)
     for item in self.config:
       if item != "M" and not (isinstance(item, int) and item >= 1):
         raise ValueError(f"`config` must hold ints >= 1 and 'M', got "
@@ -74,19 +74,19 @@ class VGG(nn.Module):
     Returns:
       [B, num_classes] logits.
     """
-    _layers.check_input(x, self.min_input, "VGG")
+    layers.check_input(x, self.min_input, "VGG")
     conv, pool = 0, 0
     for item in self.config:
       if item == "M":
         pool += 1
-        x = _layers.pool(x, "max", 2, 2, name=f"pool{pool}")
+        x = layers.pool(x, "max", 2, 2, name=f"pool{pool}")
         continue
       conv += 1
       x = nn.Conv(item, (3, 3), padding=((1, 1), (1, 1)),
-                  kernel_init=_layers.relu_init, name=f"conv{conv}")(x)
+                  kernel_init=layers.relu_init, name=f"conv{conv}")(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          epsilon=1e-5, name=f"bn{conv}")(x)
       x = nn.relu(x)
-    return _head.FCHead(self.num_classes, (4096, 4096), self.pool_size,
+    return head.FCHead(self.num_classes, (4096, 4096), self.pool_size,
                         self.dropout_rate, name="classifier")(x, train)

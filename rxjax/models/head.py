@@ -14,7 +14,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from rxjax import _checks
-from rxjax.models import _layers
+from rxjax.models import layers
 
 
 class FCHead(nn.Module):
@@ -34,11 +34,11 @@ class FCHead(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = _layers.flatten(_layers.adaptive_avg_pool(x, self.pool_size))
+    x = layers.flatten(layers.adaptive_avg_pool(x, self.pool_size))
     for i, width in enumerate(self.hidden):
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = nn.relu(nn.Dense(width, kernel_init=_layers.relu_init,
+      x = nn.relu(nn.Dense(width, kernel_init=layers.relu_init,
                            name=f"fc{i + 1}")(x))
     return nn.Dense(self.num_classes, name=f"fc{len(self.hidden) + 1}")(x)
 
