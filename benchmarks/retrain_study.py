@@ -7,13 +7,16 @@
 
 For each seed: trains the network digitally (`configs/lenet_mnist.py`,
 that seed), then for each chip configuration measures the test accuracy of
-the digital network on the chip (no gain correction, and with the per-column
-digital gain correction `ChipSpec.gain_correction="column"` fitted at
-programming), re-trains it on the chip (`experiment.train` with the chip's
-spec: chip forward, straight-through backward, digital Adam update, chip
-programmed exactly and calibrated at every epoch start) for every variant
-(gain correction "none": the old default; "column": the new one), and
-measures it again on the chip it was re-trained for and in fp32.
+the digital network on the chip as RxNN reads it ("before": no readout
+calibration) and with each variant's readout calibration fitted at
+programming (no re-training), re-trains it on the chip (`experiment.train`
+with the chip's spec: chip forward, `--backward` gradient, digital Adam
+update, chip programmed exactly and calibrated at every epoch start) for
+every variant, and measures it again on the chip it was re-trained for and
+in fp32. Variants: "none" (rxjax's first re-training), "column" (the
+per-column digital gain, `ChipSpec.gain_correction="column"`), "fitted"
+(the gain and the fitted ADC ranges, `ChipSpec.adc_range="fitted"`: the
+default of `config.retrain`).
 
 `--diagnose` also records, after every re-training epoch: the chip's logits
 against the same weights' fp32 logits on the test images (least-squares gain
@@ -228,13 +231,16 @@ class Net:
       out.update(adc_range_ratio_max=max(adc), input_range_ratio_max=max(xs))
     return out
 
-  def retrain(self, name, spec, *, lr, epochs, diagnose):
+  def retrain(self, name, spec, *, lr, epochs, diagnose,
+              backward="straight_through"):
     plan, run = self.plan, self.run
     if plan.retrain_size and plan.retrain_size < len(run.data.y_train):
       data = run.data._replace(x_train=run.data.x_train[:plan.retrain_size],
                                y_train=run.data.y_train[:plan.retrain_size])
       run = dataclasses.replace(run, data=data)
     phase = f"retrain_{name}_e{epochs}_lr{lr:g}"
+    if backward != "straight_through":
+      phase += f"_{backward}"
     diags = {}
     if diagnose:
       start = [experiment.program_fn(run.model, spec)(
@@ -251,7 +257,8 @@ class Net:
     t = time.perf_counter()
     variables = experiment.train(self.config, run, self.wd, phase=phase,
                                  epochs=epochs, learning_rate=lr, spec=spec,
-                                 init=self.variables, on_epoch=on_epoch)
+                                 init=self.variables, on_epoch=on_epoch,
+                                 backward=backward)
     seconds = time.perf_counter() - t
     # The first (training) run's wall time; a resumed run reads it back.
     timing = self.wd.read_json(f"{phase}_seconds.json")
@@ -264,7 +271,8 @@ class Net:
     return phase, variables, seconds, diags
 
 
-def study_one(net: Net, name: str, variants, *, lr, epochs, diagnose):
+def study_one(net: Net, name: str, variants, *, lr, epochs, diagnose,
+              backward="straight_through"):
   """Rows of one chip configuration for one seed."""
   out = {"fp32": net.fp32(),
          "before": net.on_chip(f"{name}/before", chip_spec(
@@ -276,7 +284,8 @@ def study_one(net: Net, name: str, variants, *, lr, epochs, diagnose):
   for gain in variants:
     spec = chip_spec(net.config, name, gain)
     phase, v, seconds, diags = net.retrain(f"{name}_{gain}", spec, lr=lr,
-                                           epochs=epochs, diagnose=diagnose)
+                                           epochs=epochs, diagnose=diagnose,
+                                           backward=backward)
     out[f"after_{gain}"] = net.on_chip(f"{phase}/after", spec, v)
     out[f"after_{gain}_fp32"] = net.fp32(v, f"{phase}/fp32")
     out[f"seconds_{gain}"] = seconds
@@ -295,7 +304,7 @@ def markdown(results, args) -> str:
   lines = [f"Command: `python benchmarks/retrain_study.py "
            f"{' '.join(sys.argv[1:])}`", "",
            f"Re-training: {args.epochs} epoch(s), Adam lr {args.lr:g} "
-           "cosine, chip forward / straight-through backward, programmed "
+           f"cosine, chip forward / {args.backward} backward, programmed "
            "exactly and calibrated at every epoch start. Variants (the "
            "readout calibration fitted at every programming): none = no "
            "gain correction, calibrated ADC ranges (rxjax's old "
@@ -371,6 +380,11 @@ def main():
   parser.add_argument("--lr", type=float, default=None,
                       help="re-training learning rate (default: the "
                       "config's retrain.learning_rate)")
+  parser.add_argument("--backward", default="straight_through",
+                      choices=["straight_through", "circuit",
+                               "circuit_interpolated"],
+                      help="the re-training gradient (config.retrain."
+                      "backward)")
   parser.add_argument("--diagnose", action="store_true")
   parser.add_argument("--before_only", action="store_true",
                       help="only the chip's cost before re-training")
@@ -400,7 +414,7 @@ def main():
           continue
         per.setdefault(name, []).append(study_one(
             net, name, args.variants, lr=args.lr, epochs=args.epochs,
-            diagnose=args.diagnose))
+            diagnose=args.diagnose, backward=args.backward))
   if args.before_only:
     return
   with open(os.path.join(out, "retrain_study.json"), "w") as f:

@@ -661,6 +661,9 @@ def main():
   parser.add_argument("--data_dir", default=None,
                       help="CIFAR-10 python batches for the ConvNet (default:"
                       " the ConvNet runs on the bundled MNIST digits)")
+  parser.add_argument("--models", nargs="+", default=["lenet5", "convnet"],
+                      choices=["lenet5", "convnet"],
+                      help="the networks studied (default: both)")
   parser.add_argument("--seed", type=int, default=0,
                       help="the config's seed: data order, initialization "
                       "and chip instances (work directories of seeds other "
@@ -695,6 +698,8 @@ def main():
   nets, rows, used = [], [], set()
   try:
     for plan in plans(args):
+      if plan.model not in args.models:
+        continue
       net = Network(plan, args, times, used)
       nets.append(net)
       rows += study(net)
