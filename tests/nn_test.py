@@ -590,3 +590,47 @@ def test_column_gain_correction_cuts_the_ir_drop_error_of_a_network():
     errors[corr] = _rel(rnn.apply(model, variables, chips, x, s),
                         model.apply(variables, x))
   assert errors["column"] < errors["none"] / 2, errors
+
+
+class _OneDense(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(6, use_bias=False)(x)
+
+
+def test_fitted_adc_range_is_the_least_error_candidate():
+  """A 4-bit ADC on 16 x 8 tiles: `adc_range="fitted"` programs the full
+  scale that a brute force over `crossbar.ADC_RANGE_FACTORS` (each
+  candidate read with `crossbar.read`, gain-corrected with
+  `crossbar.column_gain`) finds closest to `x @ w`, a smaller one than the
+  calibrated maximum, and the layer then reads closer to `x @ w`."""
+  spec = DEFAULT_SMALL.replace(
+      adc=periphery.ADCSpec(bits=4), gain_correction="column",
+      device=dataclasses.replace(DEFAULT_SMALL.device, sigma=0.0))
+  x = jax.random.uniform(jax.random.key(0), (64, 40), jnp.float64)
+  model = _OneDense()
+  variables = jax.tree.map(lambda a: a.astype(jnp.float64),
+                           model.init(jax.random.key(1), x))
+  w = variables["params"]["Dense_0"]["kernel"]
+  want = x @ w
+  chips = {r: rnn.program(model, variables, x, spec.replace(adc_range=r),
+                          key=jax.random.key(2))
+           for r in ("calibrated", "fitted")}
+  chip = jax.tree.map(lambda a: a[0], chips["calibrated"]["Dense_0"]["chip"])
+  errors = []
+  for f in crossbar.ADC_RANGE_FACTORS:
+    c = chip.replace(adc_full_scale=chip.adc_full_scale * f)
+    y = crossbar.read(x, c, spec)
+    errors.append(float(jnp.sum((y * crossbar.column_gain(y, want)
+                                 - want) ** 2)))
+  best = int(np.argmin(errors))
+  assert best > 0, errors
+  fitted = chips["fitted"]["Dense_0"]["chip"].adc_full_scale[0]
+  np.testing.assert_allclose(
+      fitted, chip.adc_full_scale * crossbar.ADC_RANGE_FACTORS[best],
+      rtol=1e-12)
+  out = {r: _rel(rnn.apply(model, variables, chips[r], x,
+                           spec.replace(adc_range=r)), want)
+         for r in chips}
+  assert out["fitted"] < out["calibrated"], out

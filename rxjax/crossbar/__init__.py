@@ -51,8 +51,8 @@ from rxjax.crossbar.chip import (Chip, program, reprogram, solve,
                                  variation_key, write)
 from rxjax.crossbar.matmul import crossbar_matmul, matmul
 from rxjax.crossbar.reads import fold, read
-from rxjax.crossbar.spec import ChipSpec
+from rxjax.crossbar.spec import ADC_RANGE_FACTORS, ChipSpec
 
-__all__ = ["Chip", "ChipSpec", "calibrate", "column_gain",
-           "crossbar_matmul", "fold", "matmul", "program", "read",
-           "reprogram", "solve", "variation_key", "write"]
+__all__ = ["ADC_RANGE_FACTORS", "Chip", "ChipSpec", "calibrate",
+           "column_gain", "crossbar_matmul", "fold", "matmul", "program",
+           "read", "reprogram", "solve", "variation_key", "write"]

@@ -16,6 +16,10 @@ _INPUTS = ("signed", "non_negative")
 _SOLVERS = ("exact", "aam")
 _PAIR_SUBTRACTIONS = ("digital", "analog")
 _GAIN_CORRECTIONS = ("none", "column")
+_ADC_RANGES = ("calibrated", "fitted")
+# Candidate ADC full scales of `adc_range="fitted"`, as fractions of the
+# calibrated one: 2**(-k/2), k = 0..4 (1 down to 1/4).
+ADC_RANGE_FACTORS = tuple(2.0 ** (-k / 2) for k in range(5))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,15 @@ class ChipSpec:
       before the digital bias). Chips calibrate their readout this way;
       without it the IR drops shrink the analog products against the
       digital biases (see docs/training.md).
+    adc_range: the ADC full scale of a layer programmed through
+      `rxjax.nn.program`: "calibrated" (default; `adc.calibration` of the
+      calibration currents) or "fitted" (of the calibrated full scale
+      times each of `ADC_RANGE_FACTORS`, the one whose readings of the
+      calibration inputs, after the gain correction, are closest to their
+      ideal products in squared error: a coarse ADC calibrated on the
+      largest current leaves most columns a few codes, and clipping the
+      rare largest currents buys resolution for all others; see
+      docs/training.md). `crossbar.calibrate` alone always calibrates.
   """
 
   mapping: mapping_lib.MappingSpec = mapping_lib.MappingSpec()
@@ -77,6 +90,7 @@ class ChipSpec:
   aam_paths: int = 3
   pair_subtraction: str = "digital"
   gain_correction: str = "none"
+  adc_range: str = "calibrated"
 
   def __post_init__(self):
     checks = (("mapping", mapping_lib.MappingSpec),
@@ -93,6 +107,7 @@ class ChipSpec:
                          _PAIR_SUBTRACTIONS)
     _checks.check_choice("gain_correction", self.gain_correction,
                          _GAIN_CORRECTIONS)
+    _checks.check_choice("adc_range", self.adc_range, _ADC_RANGES)
     if self.pair_subtraction == "analog":
       if self.mapping.signed != "differential":
         raise ValueError(

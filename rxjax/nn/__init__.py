@@ -27,6 +27,8 @@ This package owns how Linen layers run on a chip:
   each layer's per-column digital output gain (`crossbar.column_gain`, on
   the calibration batch as it flows through the layers already on chips);
   a refresh keeps the fitted gains, like the rest of the calibration.
+  With `ChipSpec.adc_range = "fitted"` it first picks each layer's ADC full
+  scale by the error of its readings against the ideal products.
 
 A convolution is its patches times the crossbar: the kernel `[*k, c_in / G,
 F]` becomes G matrices `[c_in / G * prod(k), F / G]` (rows in the order of

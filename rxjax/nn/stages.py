@@ -125,7 +125,8 @@ def layer_chips(module: nn.Module, w, x_fn, spec: ChipSpec, stage: str):
   if stage == "calibrate":
 
     def one(c, x_g, w_g, key):
-      c = crossbar.calibrate(c, x_g, spec)
+      c = _fit_adc_range(crossbar.calibrate(c, x_g, spec), w_g, x_g, spec,
+                         key)
       return c, _fit_gain(c, w_g, x_g, spec, key)
 
     chips, gain = per_group(one, chips, jax.lax.stop_gradient(x_fn()), w,
@@ -157,6 +158,30 @@ def _fit_gain(chip, w, x, spec: ChipSpec, key):
               else None)
   y = crossbar.read(x, chip, spec, key=read_key)
   return crossbar.column_gain(y, x @ w.astype(x.dtype))
+
+
+def _fit_adc_range(chip, w, x, spec: ChipSpec, key):
+  """The calibrated chip with the ADC full scale `spec.adc_range` picks:
+  unchanged for "calibrated" (or an ADC without quantization); for
+  "fitted", of the calibrated full scale times each of
+  `crossbar.ADC_RANGE_FACTORS`, the one whose readings of `x` (`[R, K]`),
+  gain-corrected as `spec.gain_correction` fits them, have the least
+  squared error against `x @ w` (ties: the larger full scale)."""
+  if spec.adc_range == "calibrated" or spec.adc.bits is None:
+    return chip
+  ideal = x @ w.astype(x.dtype)
+  read_key = (jax.random.fold_in(key, 3) if spec.device.read_noise > 0
+              else None)
+  errors = []
+  for f in crossbar.ADC_RANGE_FACTORS:
+    c = chip.replace(adc_full_scale=chip.adc_full_scale * f)
+    y = crossbar.read(x, c, spec, key=read_key)
+    if spec.gain_correction == "column":
+      y = y * crossbar.column_gain(y, ideal)
+    errors.append(jnp.sum((y - ideal) ** 2))
+  factors = jnp.asarray(crossbar.ADC_RANGE_FACTORS, chip.adc_full_scale.dtype)
+  best = factors[jnp.argmin(jnp.stack(errors))]
+  return chip.replace(adc_full_scale=chip.adc_full_scale * best)
 
 
 def gained(module: nn.Module, y, groups: int = 1):
