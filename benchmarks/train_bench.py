@@ -70,6 +70,7 @@ import optax
 
 import _common  # benchmarks/_common.py
 from rxjax import circuit, crossbar, data, experiment, models, optim
+from rxjax import nn as rnn
 from rxjax import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -285,6 +286,13 @@ def retrain(repeats):
       lambda a: circuit.effective_conductance(a, spec.wires), g)[1](g)[0])
   steps["solve"] = (solve, (tiles,))
   steps["solve_and_vjp"] = (solve_vjp, (tiles,))
+  # What bounds straight-through: its forward pass alone (the refresh and
+  # the chip's reads) against the digital forward pass.
+  forward = jax.jit(lambda v, c, x: rnn.apply(model, v, c, x, spec,
+                                              refresh=True)[0])
+  steps["straight_through_forward"] = (forward, (state["variables"], chips,
+                                                 x))
+  steps["digital_forward"] = (jax.jit(model.apply), (state["variables"], x))
   timed = _common.in_turns(steps, repeats=repeats)
   ms = {k: t * 1e3 for k, (t, _) in timed.items()}
   cores = {k: c for k, (_, c) in timed.items()}
@@ -294,11 +302,28 @@ def retrain(repeats):
         f"64 x 64), in turns:", flush=True)
   goals = {"straight_through": "<= 3x", "circuit": "<= 10x"}
   for k in ("digital", "straight_through", "circuit",
-            "circuit_interpolated", "solve", "solve_and_vjp"):
+            "circuit_interpolated", "solve", "solve_and_vjp",
+            "digital_forward", "straight_through_forward"):
     goal = f", goal {goals[k]}" if k in goals else ""
     print(f"  {k}: {ms[k]:.1f} ms ({ratio[k]:.2f}x digital{goal}; "
           f"{cores[k]:.2f} cores busy)", flush=True)
+  # Flops: the digital step's from XLA's cost analysis (it has no loops);
+  # the exact solves' from the sweep's count in
+  # `circuit.effective_conductance`'s docstring, 2.7 M N^3 + 2 M^2 N^2 per
+  # tile (64 x 64: the sweep is the method "auto" picks).
+  digital_flops = steps["digital"][0].lower(
+      *steps["digital"][1]).compile().cost_analysis()
+  digital_flops = (digital_flops[0] if isinstance(digital_flops, list)
+                   else digital_flops)["flops"]
+  solve_flops = tiles.shape[0] * (2.7 * 64**4 + 2 * 64**4)
+  print(f"  flops: digital step {digital_flops / 1e9:.2f} GFLOP (XLA cost "
+        f"analysis); the {tiles.shape[0]} tiles' exact solves "
+        f"{solve_flops / 1e9:.1f} GFLOP forward "
+        f"({solve_flops / digital_flops:.0f}x the digital step), before "
+        "their VJP", flush=True)
   return {"retrain_tiles": int(tiles.shape[0]),
+          "retrain_digital_gflop": digital_flops / 1e9,
+          "retrain_solve_gflop": solve_flops / 1e9,
           **{f"retrain_{k}_ms": v for k, v in ms.items()},
           **{f"retrain_{k}_vs_digital": v for k, v in ratio.items()
              if k != "digital"},

@@ -25,9 +25,9 @@ chip:
   non-ideal read (TxSim training).
 * `matmul`: the one-call, NumPy-like entry point.
 
-It does not own the circuit solve (`circuit.py`), the weight <-> conductance
+It does not own the circuit solve (`rxjax.circuit`), the weight <-> conductance
 map (`mapping.py`), device physics (`device.py`) or the converter models
-(`periphery.py`): it composes them.
+(`rxjax.periphery`): it composes them.
 
 Conventions. Inputs are scaled by a per-layer input scale `x_scale` into
 `[-1, 1]` and applied as two passes (positive part, then negative part, the
@@ -58,6 +58,10 @@ _INPUTS = ("signed", "non_negative")
 _SOLVERS = ("exact", "aam")
 _PAIR_SUBTRACTIONS = ("digital", "analog")
 _GAIN_CORRECTIONS = ("none", "column")
+_ADC_RANGES = ("calibrated", "fitted")
+# Candidate ADC full scales of `adc_range="fitted"`, as fractions of the
+# calibrated one: 2**(-k/2), k = 0..4 (1 down to 1/4).
+ADC_RANGE_FACTORS = tuple(2.0 ** (-k / 2) for k in range(5))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +77,9 @@ class ChipSpec:
   Attributes:
     mapping: tiles, weight precision, signed-weight scheme (`mapping.py`).
     device: conductance range, device precision, variation (`device.py`).
-    wires: parasitic resistances of every tile, in ohm (`circuit.py`).
-    dac: input precision, DAC resolution and model (`periphery.py`).
-    adc: ADC resolution, calibration and non-idealities (`periphery.py`).
+    wires: parasitic resistances of every tile, in ohm (`rxjax.circuit`).
+    dac: input precision, DAC resolution and model (`rxjax.periphery`).
+    adc: ADC resolution, calibration and non-idealities (`rxjax.periphery`).
     backward: gradient of `crossbar_matmul` w.r.t. its input:
       "straight_through" (floating point, `dy @ w.T`; RxNN re-training) or
       "transposed_read" (the error signal read backwards through the
@@ -105,6 +109,15 @@ class ChipSpec:
       before the digital bias). Chips calibrate their readout this way;
       without it the IR drops shrink the analog products against the
       digital biases (see docs/training.md).
+    adc_range: the ADC full scale of a layer programmed through
+      `rxjax.nn.program`: "calibrated" (default; `adc.calibration` of the
+      calibration currents) or "fitted" (of the calibrated full scale
+      times each of `ADC_RANGE_FACTORS`, the one whose readings of the
+      calibration inputs, after the gain correction, are closest to their
+      ideal products in squared error: a coarse ADC calibrated on the
+      largest current leaves most columns a few codes, and clipping the
+      rare largest currents buys resolution for all others; see
+      docs/training.md). `crossbar.calibrate` alone always calibrates.
   """
 
   mapping: mapping_lib.MappingSpec = mapping_lib.MappingSpec()
@@ -119,6 +132,7 @@ class ChipSpec:
   aam_paths: int = 3
   pair_subtraction: str = "digital"
   gain_correction: str = "none"
+  adc_range: str = "calibrated"
 
   def __post_init__(self):
     checks = (("mapping", mapping_lib.MappingSpec),
@@ -135,6 +149,7 @@ class ChipSpec:
                          _PAIR_SUBTRACTIONS)
     _checks.check_choice("gain_correction", self.gain_correction,
                          _GAIN_CORRECTIONS)
+    _checks.check_choice("adc_range", self.adc_range, _ADC_RANGES)
     if self.pair_subtraction == "analog":
       if self.mapping.signed != "differential":
         raise ValueError(
@@ -201,9 +216,16 @@ class ChipSpec:
     and a read costs one matrix multiply (RxNN V: the FCM's non-ideal weight
     matrix). Wire resistances, variation and ADC gain errors are linear.
     """
-    return (self.dac.input_bits is None and self.dac.model == "ideal"
+    return (self.dac.input_bits is None
+            and not self.periphery.drive.load_dependent
             and self.adc.bits is None and self.adc.nonlinearity == 0
             and self.adc.offset_sigma == 0 and self.device.read_noise == 0)
+
+  @property
+  def periphery(self) -> periphery.Periphery:
+    """The chip's peripheral models (`periphery.select`): the DAC drive,
+    the pair subtraction and the input passes, chosen once here."""
+    return periphery.select(self.dac, self.pair_subtraction, self.inputs)
 
 
 @flax.struct.dataclass
@@ -401,10 +423,9 @@ def _solve(chips, spec: ChipSpec, mesh):
         starts[k]:starts[k] + sizes[k]].reshape(gs[k].shape)
     solved = [(take(fwd, k), take(bwd, k)) for k in range(len(gs))]
   out = []
+  drive = spec.periphery.drive
   for chip, (g_eff, g_eff_bwd) in zip(chips, solved):
-    y_port = None
-    if spec.dac.model == "divider_exact":
-      y_port = periphery.port_admittance(chip.g, spec.wires)
+    y_port = drive.port_admittance(chip.g, spec.wires)
     out.append(chip.replace(g_eff=g_eff, g_eff_bwd=g_eff_bwd, y_port=y_port))
   return out
 
@@ -577,11 +598,8 @@ def _fold(chip: Chip, spec: ChipSpec, direction: str) -> jax.Array:
 # The read.
 
 
-def _passes(x01, spec: ChipSpec):
-  """[Q, ...] non-negative input passes: (x+, x-) or (x+,)."""
-  if spec.inputs == "non_negative":
-    return jnp.maximum(x01, 0)[None]
-  return jnp.stack([jnp.maximum(x01, 0), jnp.maximum(-x01, 0)])
+# The backward read's error signals are signed: always two input passes.
+_SIGNED = periphery.SignedInputs()
 
 
 def _pad_to(x, size, axis=-1):
@@ -604,7 +622,8 @@ def _input_levels(x, chip: Chip, spec: ChipSpec):
     `[Q, B, Tr, M]`: input passes, batch, fan-in tiles, rows.
   """
   _, _, tr, _, m, _ = chip.g.shape
-  q = periphery.stream_levels(_passes(x / chip.x_scale, spec), spec.dac)
+  q = periphery.stream_levels(
+      spec.periphery.inputs.passes(x / chip.x_scale), spec.dac)
   q = _pad_to(q, tr * m)
   return q.reshape(q.shape[:-1] + (tr, m))
 
@@ -629,26 +648,13 @@ def _scan_tile_rows(q, chip: Chip, spec: ChipSpec, reduce, init, g_eff=None):
   """
   g_eff = chip.g_eff if g_eff is None else g_eff
   dac = spec.dac
+  drive = spec.periphery.drive
   load = _nominal_load(spec)
   c_total, tr = periphery.n_cycles(dac), q.shape[2]
   g_rows = jnp.transpose(g_eff, (2, 4, 0, 1, 3, 5))  # [Tr, M, S, P, Tc, N]
 
   def step(acc, u_rc, g_r, r, c):
-    if dac.model == "ideal":
-      # One GEMM per step: [Q B, M] @ [M, S P Tc N].
-      v = periphery.dac_voltage(u_rc, dac)
-      i = jax.lax.dot_general(v, g_r, (((2,), (0,)), ((), ())))
-    else:
-      g_r = jnp.moveaxis(g_r, 0, 3)  # [S, P, Tc, M, N]
-      u_t = u_rc[:, :, None, None, None, :]
-      if dac.model == "divider":
-        g_load = periphery.row_load(g_r)  # [S, P, Tc, M]
-        v = periphery.dac_voltage(u_t, dac, g_load, nominal_load=load)
-      else:
-        y_r = jnp.moveaxis(chip.y_port, 2, 0)[r]
-        u_t = jnp.broadcast_to(u_t, u_t.shape[:2] + g_r.shape[:-1])
-        v = periphery.dac_voltage_exact(u_t, dac, y_r, nominal_load=load)
-      i = jnp.einsum("qbsptm,sptmn->qbsptn", v, g_r)
+    i = drive.tile_row_currents(u_rc, g_r, chip.y_port, r, load)
     return reduce(acc, i, r, c)
 
   def tile_row(acc, xs):
@@ -665,35 +671,17 @@ def _scan_tile_rows(q, chip: Chip, spec: ChipSpec, reduce, init, g_eff=None):
   return acc
 
 
-def _analog(spec: ChipSpec) -> bool:
-  return spec.pair_subtraction == "analog"
-
-
 def _pair_adc_params(a, spec: ChipSpec):
   """Per-column ADC parameters `[S, P, ...]` of the ADCs that exist: with
   analog pair subtraction one per pair, polarity 0's draw (`[S, 1, ...]`)."""
-  return a[:, :1] if _analog(spec) else a
+  return spec.periphery.pairs.adc_params(a)
 
 
 def _one_product_per_pair(g_eff, spec: ChipSpec):
-  """`G+_eff - G-_eff` `[S, 1, ...]` when the read may subtract conductances.
-
-  With analog subtraction and an ideal DAC both crossbars of a pair see the
-  same voltages, so `v @ G+ - v @ G- = v @ (G+ - G-)`: one product instead
-  of two. (A divider DAC's voltage depends on each crossbar's row load.)
-  """
-  if _analog(spec) and spec.dac.model == "ideal":
-    return g_eff[:, :1] - g_eff[:, 1:]
-  return g_eff
-
-
-def _subtract_pairs(i, spec: ChipSpec, axis: int):
-  """The currents the ADCs digitize: `I+ - I-` (analog subtraction, keeping a
-  polarity axis of size 1) or the currents themselves (digital)."""
-  if not _analog(spec) or i.shape[axis] == 1:  # Digital, or subtracted.
-    return i
-  return (jax.lax.slice_in_dim(i, 0, 1, axis=axis)
-          - jax.lax.slice_in_dim(i, 1, 2, axis=axis))
+  """`G+_eff - G-_eff` `[S, 1, ...]` when the read may subtract conductances
+  (analog pairs, a load-independent DAC), else `g_eff`."""
+  per = spec.periphery
+  return per.pairs.pair_conductances(g_eff, per.drive)
 
 
 def _adc_columns(chip: Chip, spec: ChipSpec):
@@ -718,10 +706,11 @@ def _trim(chip: Chip, spec: ChipSpec) -> Chip:
   tile, then reads 6 of 64 columns through 25 of 64 rows.
   """
   s, p, tr, tc, m, n = chip.g.shape
-  rows = chip.fan_in if (tr == 1 and spec.dac.model != "divider_exact") else m
+  drive = spec.periphery.drive
+  rows = chip.fan_in if (tr == 1 and not drive.uses_port_admittance) else m
   cols = n
   if tc == 1 and spec.mapping.signed == "differential" and (
-      spec.dac.model == "ideal"):
+      not drive.load_dependent):
     cols = chip.fan_out
   if (rows, cols) == (m, n):
     return chip
@@ -752,13 +741,14 @@ def _read_forward(x, chip: Chip, spec: ChipSpec, key):
                                                     spec.device)]
   offsets, gains = _adc_columns(chip, spec)
   differential = spec.mapping.signed == "differential"
-  adc = periphery.adc_bipolar if _analog(spec) else periphery.adc
+  per = spec.periphery
+  adc = per.pairs.adc
 
   def reducer(offsets, gains, sign):
     def reduce(acc, i, r, c):
       offset = None if offsets is None else offsets[r]
       gain = None if gains is None else gains[r]
-      i = adc(_subtract_pairs(i, spec, axis=3), chip.adc_full_scale,
+      i = adc(per.pairs.subtract(i, axis=3), chip.adc_full_scale,
               spec.adc, offset=offset, gain=gain)
       # Shift-and-add over input cycles and weight slices (RxNN V-A), then
       # the digital sum over fan-in tiles (the scan). Written as a sum of
@@ -774,8 +764,10 @@ def _read_forward(x, chip: Chip, spec: ChipSpec, key):
     return reduce
 
   init = jnp.zeros((q, b, tc, n) if differential else (q, b, p, tc, n), dtype)
-  split = (differential and not _analog(spec)
-           and spec.dac.model != "divider_exact"
+  # Only pairs digitized crossbar by crossbar can be read one polarity at a
+  # time (and only by a drive that needs no per-chip port admittance).
+  split = (differential and per.pairs.separate_adcs
+           and not per.drive.uses_port_admittance
            and q * b * s * p * tc * n > SPLIT_CURRENTS)
   if split:
     # The two crossbars of a pair are digitized separately, so they can be
@@ -804,7 +796,7 @@ def _read_forward(x, chip: Chip, spec: ChipSpec, key):
     y = 2 * (acc[:, :, 0, :, :-1] - acc[:, :, 0, :, -1:])
     y = y - x_sum[:, :, None, None]
   y = y.reshape(y.shape[:2] + (-1,))
-  y = y[0] - y[1] if q == 2 else y[0]
+  y = per.inputs.combine(y)
   return y * chip.x_scale * chip.w_scale
 
 
@@ -826,7 +818,8 @@ def _read_backward(dy, chip: Chip, spec: ChipSpec, key):
   g_bwd = _one_product_per_pair(g_bwd, spec)
   s, p, tr, tc, m, n = g_bwd.shape
   offset_scheme = spec.mapping.signed == "offset"
-  if spec.dac.model == "ideal":
+  per = spec.periphery
+  if not per.drive.load_dependent:
     # Exact trimming: unused columns are driven at 0 V and add no current;
     # with one tile row, the rows past the fan-in are not read.
     if tr == 1:
@@ -839,44 +832,23 @@ def _read_backward(dy, chip: Chip, spec: ChipSpec, key):
   # batch's largest magnitude (a digital normalization) and use two passes.
   dy_scale = periphery.calibrate(jnp.abs(dy), "max")
   d01 = dy / dy_scale
-  passes = jnp.stack([jnp.maximum(d01, 0), jnp.maximum(-d01, 0)])
-  u = periphery.stream(passes, spec.dac)  # [C, Q, B, F]
+  u = periphery.stream(_SIGNED.passes(d01), spec.dac)  # [C, Q, B, F]
   u = _pad_to(u, tc * n_data).reshape(u.shape[:-1] + (tc, n_data))
   if offset_scheme:  # The reference column is not driven.
     u = _pad_to(u, n)
-  c, q, b = u.shape[:3]
-  if spec.dac.model == "ideal":
-    # One GEMM per tile column, [C Q B, N] @ [N, S P Tr M] (XLA's CPU
-    # backend runs the batched einsum several times slower).
-    v = periphery.dac_voltage(u, spec.dac)
-    # [Tc, S P, Tr M, N]; the padding rows of the last tile row are not read.
-    g_t = jnp.moveaxis(g_bwd, 3, 0).reshape(tc, s * p, tr * m, n)
-    m_read = min(tr * m, chip.fan_in)
-    g_t = g_t[:, :, :m_read].reshape(tc, s * p * m_read, n)
-    currents = [jax.lax.dot_general(v[:, :, :, t], g_t[t],
-                                    (((3,), (1,)), ((), ())))
-                for t in range(tc)]  # [C, Q, B, S P m_read] each.
-  else:
-    v = _backward_divider(u, g_bwd, spec)
-    i = jnp.einsum("cqbsprtn,sprtmn->cqbsprtm", v, g_bwd)
-    m_read = min(tr * m, chip.fan_in)
-    currents = [i[..., t, :].reshape(c, q, b, s, p, tr * m)[..., :m_read]
-                for t in range(tc)]
-  currents = [_subtract_pairs(i.reshape(c, q, b, s, p, m_read), spec, axis=4)
-              for i in currents]
+  c = u.shape[0]
+  m_read = min(tr * m, chip.fan_in)
+  currents = per.drive.column_currents(u, g_bwd, m_read, _nominal_load(spec))
+  currents = [per.pairs.subtract(i, axis=4) for i in currents]
   # Row ADCs: full scale from this error batch (dynamic range, TxSim IV-B),
   # over the rows read.
-  if _analog(spec):  # Signed differences: the range of their magnitudes.
-    currents_seen = [jnp.abs(i) for i in currents]
-  else:
-    currents_seen = currents
+  currents_seen = [per.pairs.magnitude(i) for i in currents]
   if spec.adc.calibration == "max":
     full_scale = periphery.calibrate(functools.reduce(
         jnp.maximum, [i.max() for i in currents_seen]), "max")
   else:
     full_scale = periphery.full_scale(jnp.stack(currents_seen), spec.adc)
-  adc = periphery.adc_bipolar if _analog(spec) else periphery.adc
-  i = sum(adc(i, full_scale, spec.adc) for i in currents)
+  i = sum(per.pairs.adc(i, full_scale, spec.adc) for i in currents)
   # Digital sums over column tiles (above), input cycles and weight slices,
   # as sums of static slices: [Q, B, P, m_read].
   cw = [float(k) for k in periphery.cycle_weights(spec.dac)]
@@ -893,23 +865,10 @@ def _read_backward(dy, chip: Chip, spec: ChipSpec, key):
     base = d.g_min * spec.dac.v_read * sum(sw) * u_sum
     acc = acc[:, :, 0] - base[:, :, None]
     y = 2 * acc / unit - u_sum[:, :, None]
-  elif _analog(spec):  # Subtracted before the ADCs.
-    y = acc[:, :, 0] / unit
-  else:
-    y = (acc[:, :, 0] - acc[:, :, 1]) / unit
-  y = y[0] - y[1]
+  else:  # The pairs' subtraction, analog (before the ADCs) or digital.
+    y = per.pairs.combine(acc) / unit
+  y = _SIGNED.combine(y)
   return y * dy_scale * chip.w_scale
-
-
-def _backward_divider(u, g_bwd, spec):
-  """Divider DACs on the columns, loaded by the column sums of G_eff_bwd.
-
-  (`ChipSpec` refuses "divider_exact" with the transposed read.)
-  """
-  u = u[:, :, :, None, None, None, :, :]  # [C, Q, B, 1, 1, 1, Tc, N]
-  g_load = g_bwd.sum(-2)  # Column loads: [S, P, Tr, Tc, N].
-  return periphery.dac_voltage(u, spec.dac, g_load,
-                               nominal_load=_nominal_load(spec))
 
 
 def read(x, chip: Chip, spec: ChipSpec, *, key=None,
@@ -990,8 +949,8 @@ def _calibrate(chip: Chip, x, spec: ChipSpec) -> Chip:
   # What the ADCs digitize: each column's current, or |I+ - I-| of a pair.
   # (Only analog pairs take the abs: an abs on every current would keep a
   # second copy of all currents alive and raise the peak memory.)
-  seen = ((lambda i: jnp.abs(_subtract_pairs(i, spec, axis=3)))
-          if _analog(spec) else (lambda i: i))
+  pairs = spec.periphery.pairs
+  seen = lambda i: pairs.magnitude(pairs.subtract(i, axis=3))
   if spec.adc.calibration == "max":
     reduce = lambda acc, i, r, c: jnp.maximum(acc, seen(i).max())
     full = _scan_tile_rows(levels, chip, spec, reduce,
@@ -1002,7 +961,7 @@ def _calibrate(chip: Chip, x, spec: ChipSpec) -> Chip:
     reduce = lambda acc, i, r, c: acc.at[r, c].set(seen(i))
     c, (q, b) = periphery.n_cycles(spec.dac), levels.shape[:2]
     s, p, tr, tc, _, n = chip.g.shape
-    p = 1 if _analog(spec) else p
+    p = pairs.adc_polarities(p)
     init = jnp.zeros((tr, c, q, b, s, p, tc, n), x.dtype)
     full = periphery.full_scale(
         _scan_tile_rows(levels, chip, spec, reduce, init, g_eff=g_eff),

@@ -18,8 +18,8 @@ read (DESIGN.md sections 1 and 4):
 
 It does not own the mapping of weights to ideal conductance levels
 (`mapping.py`, which reads `g_min`, `g_max` and `device_bits` from here), the
-wire and terminal resistances of a tile (`circuit.py`) or the converters
-(`periphery.py`), nor how a layer's weight updates become conductance
+wire and terminal resistances of a tile (`rxjax.circuit`) or the converters
+(`rxjax.periphery`), nor how a layer's weight updates become conductance
 changes of differential pairs (`optim.py`).
 
 All functions are pure, keep the dtype of `g` and work on any shape of `g`.

@@ -19,7 +19,7 @@ is `g: [S, P, Tr, Tc, M, N]`: slice (0 = least significant), polarity
 crossbar), tile row, tile column, row in tile, column in tile.
 
 It does not own device non-idealities (variation, write noise, stuck cells:
-`device.py`), the circuit (`circuit.py`) or the read-out and shift-and-add of
+`device.py`), the circuit (`rxjax.circuit`) or the read-out and shift-and-add of
 the crossbar (`crossbar.py`, which uses `slice_weights` in the same way as
 `unmap`).
 """

@@ -31,7 +31,7 @@ their updates pass through unchanged (digital update).
 
 It does not own the device physics (`device.py`), the mapping of the
 realized weights onto bit-sliced, tiled crossbars for the forward and
-backward reads (`mapping.py`, `crossbar.py`), nor the layers (`nn.py`).
+backward reads (`mapping.py`, `crossbar.py`), nor the layers (`rxjax.nn`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A plain modified nodal analysis (MNA) of the network exactly as DESIGN.md
 section 2 draws it, assembled element by element and factored with scipy's
-sparse LU. It shares no code with `circuit.py`: tests and benchmarks use it as
+sparse LU. It shares no code with `rxjax.circuit`: tests and benchmarks use it as
 the independent reference (``pip install 'rxjax[test]'`` brings scipy).
 
 Zero resistances become 0 V branches with their own current unknown, exactly

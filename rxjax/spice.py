@@ -4,7 +4,7 @@ This module owns the translation of one tile read (DESIGN.md section 2) into
 an ngspice deck (`netlist`) and running it (`simulate`, `node_voltages`). It
 exists to check `rxjax.circuit` against an independent, widely used circuit
 simulator; nothing in training or inference calls it. It does not own the
-network model itself (`circuit.py`) or the scipy reference (`reference.py`).
+network model itself (`rxjax.circuit`) or the scipy reference (`reference.py`).
 
 The deck is drawn element by element, with readable node names: row nodes
 `a_<i>_<j>`, column nodes `b_<i>_<j>`, driver nodes `src_<k>` and virtual

@@ -225,3 +225,14 @@ def test_a_bad_retrain_backward_fails_before_any_work(tmp_path):
   assert validate.check(config).retrain_backward == "circuit"
   assert validate.check(lenet_mnist.get_config()).retrain_backward == (
       "straight_through")
+
+
+def test_bad_backward_arguments_are_refused():
+  model, variables, x, _ = _problem(4)
+  with pytest.raises(ValueError, match="`backward` must be one of"):
+    rnn.apply(model, variables, {}, x, _chip(), backward="exact")
+  with pytest.raises(ValueError, match="neither `refresh`"):
+    rnn.apply(model, variables, {}, x, _chip(), backward="circuit",
+              refresh=True)
+  with pytest.raises(ValueError, match="needs a chip `spec`"):
+    experiment.train_step(model, optax.sgd(0.1), None, backward="circuit")
