@@ -7,13 +7,16 @@
 
 For each seed: trains the network digitally (`configs/lenet_mnist.py`,
 that seed), then for each chip configuration measures the test accuracy of
-the digital network on the chip (no gain correction, and with the per-column
-digital gain correction `ChipSpec.gain_correction="column"` fitted at
-programming), re-trains it on the chip (`experiment.train` with the chip's
-spec: chip forward, straight-through backward, digital Adam update, chip
-programmed exactly and calibrated at every epoch start) for every variant
-(gain correction "none": the old default; "column": the new one), and
-measures it again on the chip it was re-trained for and in fp32.
+the digital network on the chip as RxNN reads it ("before": no readout
+calibration) and with each variant's readout calibration fitted at
+programming (no re-training), re-trains it on the chip (`experiment.train`
+with the chip's spec: chip forward, `--backward` gradient, digital Adam
+update, chip programmed exactly and calibrated at every epoch start) for
+every variant, and measures it again on the chip it was re-trained for and
+in fp32. Variants: "none" (rxjax's first re-training), "column" (the
+per-column digital gain, `ChipSpec.gain_correction="column"`), "fitted"
+(the gain and the fitted ADC ranges, `ChipSpec.adc_range="fitted"`: the
+default of `config.retrain`).
 
 `--diagnose` also records, after every re-training epoch: the chip's logits
 against the same weights' fp32 logits on the test images (least-squares gain
@@ -76,6 +79,11 @@ CONFIGS = {
     # chip instance per seed, the one re-trained for).
     "var30": dict(label="ReRAM 100k-1M ohm, Cross64, 30% variation",
                   tile_size=64, sigma=0.3),
+    # Coarser still: a 3-bit ADC.
+    "adc3": dict(label="ReRAM 100k-1M, Cross64, 3-bit ADC", tile_size=64,
+                 adc_bits=3),
+    "var40": dict(label="ReRAM 100k-1M ohm, Cross64, 40% variation",
+                  tile_size=64, sigma=0.4),
     # The papers' default chip of the main job (Cross64, no variation).
     "paper64": dict(label="ReRAM 100k-1M ohm, Cross64 (main job's chip)",
                     tile_size=64),
@@ -113,7 +121,14 @@ def network_config(plan: Plan, seed: int):
   return config
 
 
-def chip_spec(config, name: str, gain: str):
+# Re-training variants: the readout calibration fitted each time the chip is
+# programmed (ChipSpec.gain_correction, ChipSpec.adc_range).
+VARIANTS = {"none": dict(gain_correction="none", adc_range="calibrated"),
+            "column": dict(gain_correction="column", adc_range="calibrated"),
+            "fitted": dict(gain_correction="column", adc_range="fitted")}
+
+
+def chip_spec(config, name: str, variant: str):
   chip = config.chip.copy_and_resolve_references()
   over = dict(CONFIGS[name])
   over.pop("label")
@@ -123,7 +138,7 @@ def chip_spec(config, name: str, gain: str):
   if sigma is not None:
     chip.sigma = sigma
   spec = experiment.chip_spec(chip, variation=sigma is not None)
-  return spec.replace(gain_correction=gain)
+  return spec.replace(**VARIANTS[variant])
 
 
 def _kernels(variables):
@@ -216,13 +231,16 @@ class Net:
       out.update(adc_range_ratio_max=max(adc), input_range_ratio_max=max(xs))
     return out
 
-  def retrain(self, name, spec, *, lr, epochs, diagnose):
+  def retrain(self, name, spec, *, lr, epochs, diagnose,
+              backward="straight_through"):
     plan, run = self.plan, self.run
     if plan.retrain_size and plan.retrain_size < len(run.data.y_train):
       data = run.data._replace(x_train=run.data.x_train[:plan.retrain_size],
                                y_train=run.data.y_train[:plan.retrain_size])
       run = dataclasses.replace(run, data=data)
     phase = f"retrain_{name}_e{epochs}_lr{lr:g}"
+    if backward != "straight_through":
+      phase += f"_{backward}"
     diags = {}
     if diagnose:
       start = [experiment.program_fn(run.model, spec)(
@@ -239,26 +257,38 @@ class Net:
     t = time.perf_counter()
     variables = experiment.train(self.config, run, self.wd, phase=phase,
                                  epochs=epochs, learning_rate=lr, spec=spec,
-                                 init=self.variables, on_epoch=on_epoch)
+                                 init=self.variables, on_epoch=on_epoch,
+                                 backward=backward)
     seconds = time.perf_counter() - t
+    # The first (training) run's wall time; a resumed run reads it back.
+    timing = self.wd.read_json(f"{phase}_seconds.json")
+    if timing is None:
+      self.wd.write_json(f"{phase}_seconds.json", {"seconds": seconds})
+    else:
+      seconds = timing["seconds"]
     if diagnose and diags:
       self.wd.write_json(f"{phase}_diagnostics.json", diags)
     return phase, variables, seconds, diags
 
 
-def study_one(net: Net, name: str, variants, *, lr, epochs, diagnose):
+def study_one(net: Net, name: str, variants, *, lr, epochs, diagnose,
+              backward="straight_through"):
   """Rows of one chip configuration for one seed."""
   out = {"fp32": net.fp32(),
          "before": net.on_chip(f"{name}/before", chip_spec(
-             net.config, name, "none")),
-         "before_gain": net.on_chip(f"{name}/before_column", chip_spec(
-             net.config, name, "column"))}
+             net.config, name, "none"))}
+  for gain in variants:
+    if gain != "none":
+      out[f"before_{gain}"] = net.on_chip(f"{name}/before_{gain}", chip_spec(
+          net.config, name, gain))
   for gain in variants:
     spec = chip_spec(net.config, name, gain)
     phase, v, seconds, diags = net.retrain(f"{name}_{gain}", spec, lr=lr,
-                                           epochs=epochs, diagnose=diagnose)
+                                           epochs=epochs, diagnose=diagnose,
+                                           backward=backward)
     out[f"after_{gain}"] = net.on_chip(f"{phase}/after", spec, v)
     out[f"after_{gain}_fp32"] = net.fp32(v, f"{phase}/fp32")
+    out[f"seconds_{gain}"] = seconds
     if diags:
       out[f"diagnostics_{gain}"] = diags
   return out
@@ -270,21 +300,29 @@ def _stats(xs):
 
 
 def markdown(results, args) -> str:
+  calibrated = [g for g in args.variants if g != "none"]
   lines = [f"Command: `python benchmarks/retrain_study.py "
            f"{' '.join(sys.argv[1:])}`", "",
            f"Re-training: {args.epochs} epoch(s), Adam lr {args.lr:g} "
-           "cosine, chip forward / straight-through backward, programmed "
-           "exactly and calibrated at every epoch start. Accuracies: mean "
-           "+- sample std over seeds " + ", ".join(map(str, args.seeds))
+           f"cosine, chip forward / {args.backward} backward, programmed "
+           "exactly and calibrated at every epoch start. Variants (the "
+           "readout calibration fitted at every programming): none = no "
+           "gain correction, calibrated ADC ranges (rxjax's old "
+           "re-training); column = per-column gain; fitted = per-column "
+           "gain and fitted ADC ranges (the default). Accuracies: mean +- "
+           "sample std over seeds " + ", ".join(map(str, args.seeds))
            + "; in brackets the change from fp32 (points). Recovered: "
-           "(after - before) / (fp32 - before), of the means.", ""]
+           "(after - before) / (fp32 - before) of the means, where the chip "
+           "costs >= 2 points; otherwise the change after - before (points, "
+           "mean over seeds).", ""]
   for model, per_config in results.items():
     lines += [f"### {model}", "",
-              "| chip | fp32 | on chip, before | + column gain (no "
-              "re-training) | " + " | ".join(
-                  f"re-trained, gain {g}" for g in args.variants)
-              + " | recovered (" + ", ".join(args.variants) + ") |",
-              "|---|---|---|---|" + "---|" * len(args.variants) + "---|"]
+              "| chip | fp32 | on chip, before | " + "".join(
+                  f"{g} calibration only | " for g in calibrated)
+              + "".join(f"re-trained, {g} | " for g in args.variants)
+              + "recovered (" + ", ".join(args.variants) + ") |",
+              "|---|---|---|" + "---|" * (len(calibrated)
+                                          + len(args.variants) + 1)]
     for name, seeds in per_config.items():
       fp = _stats([s["fp32"] for s in seeds])
       before = _stats([s["before"] for s in seeds])
@@ -294,26 +332,34 @@ def markdown(results, args) -> str:
         m, sd = _stats([s[key] for s in seeds])
         return f"{m:.4f} +- {sd:.4f} ({100 * (m - fp[0]):+.1f})", m
       cells.append(cell("before")[0])
-      cells.append(cell("before_gain")[0])
+      for g in calibrated:
+        cells.append(cell(f"before_{g}")[0])
       rec = []
+      loss = fp[0] - before[0]
       for g in args.variants:
         c, m = cell(f"after_{g}")
         cells.append(c)
-        loss = fp[0] - before[0]
-        rec.append(f"{(m - before[0]) / loss:.0%}" if loss > 1e-9 else
-                   f"{100 * (m - before[0]):+.1f} pp")
+        rec.append(f"{(m - before[0]) / loss:.0%}" if loss >= 0.02 else
+                   f"{100 * (m - before[0]):+.2f} pp")
       cells.append(", ".join(rec))
       lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Per seed (fp32 / before / column gain only / " + " / ".join(
-        f"re-trained ({g}) / its fp32" for g in args.variants) + "):", ""]
+    keys = (["fp32", "before"] + [f"before_{g}" for g in calibrated]
+            + [k for g in args.variants
+               for k in (f"after_{g}", f"after_{g}_fp32")])
+    lines += ["", "Per seed (" + " / ".join(
+        ["fp32", "before"] + [f"{g} calibration only" for g in calibrated]
+        + [x for g in args.variants
+           for x in (f"re-trained ({g})", "its fp32")]) + "):", ""]
     for name, seeds in per_config.items():
-      per_seed = ["/".join(f"{s[k]:.3f}" for k in
-                           ["fp32", "before", "before_gain"] + [
-                               k for g in args.variants
-                               for k in (f"after_{g}", f"after_{g}_fp32")])
-                  for s in seeds]
+      per_seed = ["/".join(f"{s[k]:.3f}" for k in keys) for s in seeds]
       lines.append(f"- {CONFIGS[name]['label']}: " + "; ".join(
           f"seed {seed} {v}" for seed, v in zip(args.seeds, per_seed)))
+    times = [(name, g, s.get(f"seconds_{g}")) for name, seeds in
+             per_config.items() for s in seeds[:1] for g in args.variants]
+    if any(t for _, _, t in times):
+      lines += ["", "Re-training wall time (seed "
+                f"{args.seeds[0]}, s, shared CPU): " + "; ".join(
+                    f"{name} {g} {t:.0f}" for name, g, t in times if t)]
     lines.append("")
   return "\n".join(lines)
 
@@ -326,13 +372,19 @@ def main():
   parser.add_argument("--configs", nargs="+",
                       default=["lowr128", "adc4", "wires10"],
                       choices=sorted(CONFIGS))
-  parser.add_argument("--variants", nargs="+", default=["none", "column"],
-                      choices=["none", "column"])
+  parser.add_argument("--variants", nargs="+",
+                      default=["none", "column", "fitted"],
+                      choices=sorted(VARIANTS))
   parser.add_argument("--epochs", type=int, default=None,
                       help="re-training epochs (default: the plan's)")
   parser.add_argument("--lr", type=float, default=None,
                       help="re-training learning rate (default: the "
                       "config's retrain.learning_rate)")
+  parser.add_argument("--backward", default="straight_through",
+                      choices=["straight_through", "circuit",
+                               "circuit_interpolated"],
+                      help="the re-training gradient (config.retrain."
+                      "backward)")
   parser.add_argument("--diagnose", action="store_true")
   parser.add_argument("--before_only", action="store_true",
                       help="only the chip's cost before re-training")
@@ -356,12 +408,13 @@ def main():
         if args.before_only:
           net.fp32()
           net.on_chip(f"{name}/before", chip_spec(net.config, name, "none"))
-          net.on_chip(f"{name}/before_column",
-                      chip_spec(net.config, name, "column"))
+          for g in args.variants:
+            if g != "none":
+              net.on_chip(f"{name}/before_{g}", chip_spec(net.config, name, g))
           continue
         per.setdefault(name, []).append(study_one(
             net, name, args.variants, lr=args.lr, epochs=args.epochs,
-            diagnose=args.diagnose))
+            diagnose=args.diagnose, backward=args.backward))
   if args.before_only:
     return
   with open(os.path.join(out, "retrain_study.json"), "w") as f:

@@ -152,9 +152,10 @@ def plans(args) -> list[Plan]:
   return [lenet, convnet]
 
 
-def network_config(plan: Plan):
-  """`configs/lenet_mnist.py` with this network, data and epochs."""
+def network_config(plan: Plan, seed: int = 0):
+  """`configs/lenet_mnist.py` with this network, data, epochs and seed."""
   config = lenet_mnist.get_config()
+  config.seed = seed
   config.model = plan.model
   config.dataset = plan.dataset
   config.data_dir = plan.data_dir
@@ -164,6 +165,10 @@ def network_config(plan: Plan):
   config.eval.tile_sizes = tuple(plan.sizes)
   config.eval.num_chips = plan.num_chips
   config.retrain.num_epochs = plan.retrain_epochs
+  # Fig. 15 passes every re-training's chip (its readout calibration
+  # included) explicitly; the work directory's config keeps the field at
+  # its old value, so that directories written before it existed resume.
+  config.retrain.adc_range = "calibrated"
   return config
 
 
@@ -196,16 +201,17 @@ class Network:
 
   def __init__(self, plan: Plan, args, times: dict, used: set):
     self.plan, self.times, self.used = plan, times, used
-    self.config = network_config(plan)
+    self.config = network_config(plan, args.seed)
     self.wd = experiment.Workdir(
         os.path.join(args.workdir, ("quick_" if args.quick else "")
-                     + plan.model + ("_cifar10" if plan.data_dir else "")),
+                     + plan.model + ("_cifar10" if plan.data_dir else "")
+                     + (f"_s{args.seed}" if args.seed else "")),
         self.config)
     self.run = experiment.setup(self.config)
     data = self.run.data
     n_test = len(data.y_test)
     if plan.test_size and plan.test_size < n_test:
-      idx = np.sort(np.random.default_rng(self.config.seed).choice(
+      idx = np.sort(np.random.default_rng(0).choice(
           n_test, plan.test_size, replace=False))
       data = data._replace(x_test=data.x_test[idx], y_test=data.y_test[idx])
       self.run = dataclasses.replace(self.run, data=data)
@@ -304,7 +310,8 @@ class Network:
       return {"gain": gain, "residual": res, "mean": gain}
     return self.result(name, compute)
 
-  def retrain(self, device, size, learning_rate=None, gain="none"):
+  def retrain(self, device, size, learning_rate=None, gain="none",
+              adc_range="calibrated"):
     plan = self.plan
     run = self.run
     if plan.retrain_size and plan.retrain_size < len(run.data.y_train):
@@ -320,7 +327,10 @@ class Network:
       lr = learning_rate
     if gain != "none":
       phase += f"_gain{gain}"
-    spec = self.spec(device, size).replace(gain_correction=gain)
+    if adc_range != "calibrated":
+      phase += f"_adc{adc_range}"
+    spec = self.spec(device, size).replace(gain_correction=gain,
+                                           adc_range=adc_range)
     variables = self.timed(f"{plan.model}/{phase}", lambda: experiment.train(
         self.config, run, self.wd, phase=phase, epochs=plan.retrain_epochs,
         learning_rate=lr, spec=spec, init=self.variables))
@@ -410,35 +420,49 @@ def study(net: Network) -> list[dict]:
     rows.append(row(net, "15", "before re-training (worst chip)",
                     worst["chip"], worst["accuracy"], fp32, tile=size,
                     device=device.label, variation=0))
-    # The digital per-column gain correction alone (no re-training): the
-    # chip's readout calibrated after programming (`ChipSpec.gain_correction`).
-    gain = net.config.retrain.gain_correction
-    spec = net.spec(device, size).replace(gain_correction=gain)
-    acc = net.on_chip(f"nonideal/{device.tag}/cross{size}/gain_{gain}",
-                      spec, size)
-    rows.append(row(net, "15", f"{gain} gain correction, no re-training",
-                    f"{worst['chip']}; {gain} gain fitted at programming",
-                    acc, fp32, tile=size, device=device.label, variation=0))
+    # The readout calibration alone (no re-training), fitted when the chip
+    # is programmed: the per-column gain (`ChipSpec.gain_correction`), then
+    # with the fitted ADC ranges too (`ChipSpec.adc_range`): the default.
+    default = lenet_mnist.get_config().retrain
+    gain, adc_range = default.gain_correction, default.adc_range
+    for r in dict.fromkeys(("calibrated", adc_range)):
+      spec = net.spec(device, size).replace(gain_correction=gain,
+                                            adc_range=r)
+      acc = net.on_chip(f"nonideal/{device.tag}/cross{size}/gain_{gain}"
+                        + ("" if r == "calibrated" else f"_adc{r}"),
+                        spec, size)
+      rows.append(row(net, "15", f"{gain} gain, {r} ADC ranges, no "
+                      "re-training", f"{worst['chip']}; {gain} gain"
+                      f" and {r} ADC ranges fitted at programming",
+                      acc, fp32, tile=size, device=device.label,
+                      variation=0))
     lrs = (net.config.retrain.learning_rate,) + plan.retrain_extra_lrs
     # Without the correction (rxjax's old re-training) at the config's rate;
-    # with it (the default) at every rate.
-    runs = [("none", lrs[0])] + [(gain, lr) for lr in lrs]
-    for g, lr in runs:
-      phase, n, variables = net.retrain(device, size, lr, gain=g)
+    # with the per-column gain alone at it; with the default calibration
+    # (gain and fitted ADC ranges) at every rate.
+    runs = ([("none", "calibrated", lrs[0])]
+            + ([(gain, "calibrated", lrs[0])] if adc_range != "calibrated"
+               else []) + [(gain, adc_range, lr) for lr in lrs])
+    for g, r, lr in runs:
+      phase, n, variables = net.retrain(device, size, lr, gain=g,
+                                        adc_range=r)
       how = (f"{plan.retrain_epochs} epoch(s) on {n} training images "
              f"({plan.retrain_epochs * -(-n // net.config.batch_size)} "
-             f"steps), Adam lr {lr:g} cosine, gain correction {g}, chip "
-             "programmed and calibrated exactly each epoch")
+             f"steps), Adam lr {lr:g} cosine, gain correction {g}, {r} ADC "
+             "ranges, chip programmed and calibrated exactly each epoch")
       acc = net.on_chip(f"{phase}/nonideal",
-                        net.spec(device, size).replace(gain_correction=g),
+                        net.spec(device, size).replace(gain_correction=g,
+                                                       adc_range=r),
                         size, variables=variables)
       rows.append(row(net, "15",
-                      f"after RxNN re-training, lr {lr:g}, gain {g}",
+                      f"after RxNN re-training, lr {lr:g}, gain {g}, "
+                      f"{r} ADC ranges",
                       f"{worst['chip']}; re-trained {how}", acc, fp32,
                       tile=size, device=device.label, variation=0))
       acc = net.fp32(variables, name=f"{phase}/fp32")
       rows.append(row(net, "15",
-                      f"re-trained (lr {lr:g}, gain {g}) network, fp32",
+                      f"re-trained (lr {lr:g}, gain {g}, {r} ADC ranges) "
+                      "network, fp32",
                       "none (digital); the network re-trained for "
                       f"{worst['chip']}", acc, fp32))
   return rows
@@ -637,6 +661,13 @@ def main():
   parser.add_argument("--data_dir", default=None,
                       help="CIFAR-10 python batches for the ConvNet (default:"
                       " the ConvNet runs on the bundled MNIST digits)")
+  parser.add_argument("--models", nargs="+", default=["lenet5", "convnet"],
+                      choices=["lenet5", "convnet"],
+                      help="the networks studied (default: both)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="the config's seed: data order, initialization "
+                      "and chip instances (work directories of seeds other "
+                      "than 0 end in _s<seed>)")
   parser.add_argument("--quick", action="store_true",
                       help="smoke run (~2-3 min): fewer epochs, sizes and "
                       "test images; outputs in WORKDIR/figures")
@@ -667,6 +698,8 @@ def main():
   nets, rows, used = [], [], set()
   try:
     for plan in plans(args):
+      if plan.model not in args.models:
+        continue
       net = Network(plan, args, times, used)
       nets.append(net)
       rows += study(net)

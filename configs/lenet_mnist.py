@@ -151,6 +151,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # drops shrink the analog products against the digital biases and
   # re-training loses accuracy (docs/training.md).
   config.retrain.gain_correction = "column"
+  # Each layer's ADC full scale, chosen each time the chip is programmed:
+  # "fitted" (of the calibrated full scale times 1, 0.71, 0.5, 0.35, 0.25,
+  # the one whose readings are closest to the ideal products) |
+  # "calibrated" (`chip.adc_calibration` alone). A 4-bit ADC calibrated on
+  # the largest current leaves most columns a few codes, which re-training
+  # cannot fix (docs/training.md).
+  config.retrain.adc_range = "fitted"
   # Re-training gradient: "straight_through" (RxNN: the backward pass
   # treats the chip as x @ w) | "circuit" (through the mapping and the exact
   # G_eff of the current weights, solved every step; converters

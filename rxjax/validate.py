@@ -419,15 +419,20 @@ def check(config, *, entry: str = "train_and_evaluate") -> Plan:
   size = retrain_tile_size(config)
   retrain = _sized(config, size, False, "retrain.tile_size")
   chips = _sized(config, size, True, "retrain.tile_size")
-  # Re-training's per-column readout gain (docs/training.md); the Monte-Carlo
-  # chips of a re-trained network get it too.
+  # Re-training's per-column readout gain and ADC range fit
+  # (docs/training.md); the Monte-Carlo chips of a re-trained network get
+  # them too.
   gain = config.retrain.get("gain_correction", "none")
   if gain not in ("none", "column"):
     raise ConfigError("retrain.gain_correction", "`retrain.gain_correction` "
                       f"must be 'none' or 'column', got {gain!r}")
-  retrain = retrain.replace(gain_correction=gain)
+  adc_range = config.retrain.get("adc_range", "calibrated")
+  if adc_range not in ("calibrated", "fitted"):
+    raise ConfigError("retrain.adc_range", "`retrain.adc_range` must be "
+                      f"'calibrated' or 'fitted', got {adc_range!r}")
+  retrain = retrain.replace(gain_correction=gain, adc_range=adc_range)
   if config.retrain.num_epochs > 0:
-    chips = chips.replace(gain_correction=gain)
+    chips = chips.replace(gain_correction=gain, adc_range=adc_range)
   backward = retrain_backward(config)
   if backward != "straight_through" and retrain.backward != "straight_through":
     raise ConfigError(

@@ -237,6 +237,12 @@ def test_chip_spec_reads_every_field():
   config.retrain.gain_correction = "row"
   with pytest.raises(ValueError, match="gain_correction"):
     experiment.retrain_spec(config)
+  assert experiment.retrain_spec(
+      lenet_mnist.get_config()).adc_range == "fitted"
+  config.retrain.gain_correction = "none"
+  config.retrain.adc_range = "max"
+  with pytest.raises(ValueError, match="adc_range"):
+    experiment.retrain_spec(config)
   config.chip.weight_bits = -1
   with pytest.raises(ValueError, match="chip.weight_bits"):
     experiment.chip_spec(config.chip)

@@ -23,6 +23,7 @@ import pytest
 
 from rxjax import circuit, crossbar, periphery
 from rxjax import nn as rnn
+from rxjax.nn import conv as nn_conv
 from rxjax.crossbar import ChipSpec
 
 # Small tiles so that layers span several tile rows and columns.
@@ -98,7 +99,7 @@ def test_folded_layer_equals_the_explicit_read_of_its_patches(conv):
   # Conv layer by hand: patches through `crossbar.read` of each group.
   params = variables["params"]
   layer = nn.Conv(8, **conv)
-  geometry = rnn._geometry(layer)
+  geometry = nn_conv.conv_geometry(layer)
   kernel = params["Conv_0"]["kernel"]
   patches, out_spatial = geometry.patches(x)
   c = chips["Conv_0"]["chip"]
@@ -141,7 +142,7 @@ def test_kernel_matrix_round_trip_and_patch_order():
   w = rnn.kernel_to_matrix(kernel, groups=2)
   assert w.shape == (2, 3 * 3 * 2, 3)
   np.testing.assert_array_equal(rnn.matrix_to_kernel(w, (3, 2)), kernel)
-  geometry = rnn._Conv((3, 2), 1, "SAME", 1, 1, 2)
+  geometry = nn_conv.ConvGeometry((3, 2), 1, "SAME", 1, 1, 2)
   x = jax.random.normal(jax.random.key(1), (2, 5, 5, 6))
   p, out_spatial = geometry.patches(x)
   y = jnp.concatenate([p[g] @ w[g] for g in range(2)], -1)
@@ -175,7 +176,7 @@ class TwoConvs(nn.Module):
 
 
 def test_folded_convolutions_under_vmap_equal_a_loop_values_and_gradients():
-  """The folded layers' own vmap rule (`nn._chipwise`): vmapped over chips
+  """The folded layers' own vmap rule (`rxjax.nn.stages.chipwise`): vmapped over chips
   (kernel, clip range and, from the second layer on, the input batched) and
   over inputs alone, values and gradients equal a loop over the same chips
   and inputs."""
@@ -299,9 +300,9 @@ def test_errors_are_clear():
   with pytest.raises(ValueError, match="`mode` must be one of"):
     rnn.mode_spec("analog")
   with pytest.raises(ValueError, match="`padding` must be"):
-    rnn._Conv((3, 3), 1, "WRAP", 1, 1, 1)
+    nn_conv.ConvGeometry((3, 3), 1, "WRAP", 1, 1, 1)
   with pytest.raises(ValueError, match="'CAUSAL' padding is only"):
-    rnn._Conv((3, 3), 1, "CAUSAL", 1, 1, 1)
+    nn_conv.ConvGeometry((3, 3), 1, "CAUSAL", 1, 1, 1)
   layer = rnn.CrossbarConv(8, (3, 3), mask=np.ones((3, 3, 2, 8)))
   with pytest.raises(ValueError, match="`mask` must have the kernel's shape"):
     layer.init(jax.random.key(0), x)
@@ -377,7 +378,7 @@ def test_patch_gradient_equals_autodiff_of_lax_patches(k, strides, padding,
   """Patch extraction by strided slices equals `lax.conv_general_dilated_
   patches`, and its hand-written adjoint (strided pads and adds) equals
   JAX's own VJP of it."""
-  conv = rnn._Conv(k, strides, padding, lhs_dil, rhs_dil, 1)
+  conv = nn_conv.ConvGeometry(k, strides, padding, lhs_dil, rhs_dil, 1)
   x = jax.random.normal(jax.random.key(0), (2,) + (7,) * len(k) + (4,),
                         jnp.float64)
   # JAX's patches are channels first; ours channels last.
@@ -385,7 +386,7 @@ def test_patch_gradient_equals_autodiff_of_lax_patches(k, strides, padding,
       jnp.moveaxis(x, -1, 1), conv.k, conv.strides, conv.padding,
       lhs_dilation=conv.lhs_dilation, rhs_dilation=conv.rhs_dilation), 1, -1)
   y, vjp_ref = jax.vjp(ref, x)
-  y_ours, vjp_ours = jax.vjp(lambda x: rnn._patches(x, conv), x)
+  y_ours, vjp_ours = jax.vjp(lambda x: nn_conv.patches(x, conv), x)
   np.testing.assert_array_equal(y_ours, y)
   dy = jax.random.normal(jax.random.key(1), y.shape, y.dtype)
   np.testing.assert_allclose(vjp_ours(dy)[0], vjp_ref(dy)[0], rtol=0,
@@ -589,3 +590,47 @@ def test_column_gain_correction_cuts_the_ir_drop_error_of_a_network():
     errors[corr] = _rel(rnn.apply(model, variables, chips, x, s),
                         model.apply(variables, x))
   assert errors["column"] < errors["none"] / 2, errors
+
+
+class _OneDense(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(6, use_bias=False)(x)
+
+
+def test_fitted_adc_range_is_the_least_error_candidate():
+  """A 4-bit ADC on 16 x 8 tiles: `adc_range="fitted"` programs the full
+  scale that a brute force over `crossbar.ADC_RANGE_FACTORS` (each
+  candidate read with `crossbar.read`, gain-corrected with
+  `crossbar.column_gain`) finds closest to `x @ w`, a smaller one than the
+  calibrated maximum, and the layer then reads closer to `x @ w`."""
+  spec = DEFAULT_SMALL.replace(
+      adc=periphery.ADCSpec(bits=4), gain_correction="column",
+      device=dataclasses.replace(DEFAULT_SMALL.device, sigma=0.0))
+  x = jax.random.uniform(jax.random.key(0), (64, 40), jnp.float64)
+  model = _OneDense()
+  variables = jax.tree.map(lambda a: a.astype(jnp.float64),
+                           model.init(jax.random.key(1), x))
+  w = variables["params"]["Dense_0"]["kernel"]
+  want = x @ w
+  chips = {r: rnn.program(model, variables, x, spec.replace(adc_range=r),
+                          key=jax.random.key(2))
+           for r in ("calibrated", "fitted")}
+  chip = jax.tree.map(lambda a: a[0], chips["calibrated"]["Dense_0"]["chip"])
+  errors = []
+  for f in crossbar.ADC_RANGE_FACTORS:
+    c = chip.replace(adc_full_scale=chip.adc_full_scale * f)
+    y = crossbar.read(x, c, spec)
+    errors.append(float(jnp.sum((y * crossbar.column_gain(y, want)
+                                 - want) ** 2)))
+  best = int(np.argmin(errors))
+  assert best > 0, errors
+  fitted = chips["fitted"]["Dense_0"]["chip"].adc_full_scale[0]
+  np.testing.assert_allclose(
+      fitted, chip.adc_full_scale * crossbar.ADC_RANGE_FACTORS[best],
+      rtol=1e-12)
+  out = {r: _rel(rnn.apply(model, variables, chips[r], x,
+                           spec.replace(adc_range=r)), want)
+         for r in chips}
+  assert out["fitted"] < out["calibrated"], out

@@ -255,10 +255,11 @@ def test_every_spec_field_has_a_documented_config_field():
     for field in dataclasses.fields(kind):
       assert (sub, field.name) in targets, (sub, field.name)
   for field in dataclasses.fields(crossbar.ChipSpec):
-    # gain_correction is the re-training's readout calibration, set by
-    # `retrain.gain_correction` (documented with the retrain fields below).
+    # gain_correction and adc_range are the re-training's readout
+    # calibration, set by `retrain.gain_correction` / `retrain.adc_range`
+    # (documented with the retrain fields below).
     if field.name not in ("mapping", "device", "wires", "dac", "adc",
-                          "gain_correction"):
+                          "gain_correction", "adc_range"):
       assert ("", field.name) in targets, field.name
   chip = lenet_mnist.chip_config()
   docs = open(os.path.join(ROOT, "docs", "configs.md")).read()

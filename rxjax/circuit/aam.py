@@ -335,6 +335,7 @@ def aam_conductance(g, wires: Wires, *, paths: int = 3,
   g, resistances, back = oriented(g, wires, direction)
   if all(resistance_kind(r) == "zero" for r in resistances):
     return back(g)  # No parasitics: the devices themselves.
-  resistances = tuple(r if resistance_kind(r) == "traced" else float(np.asarray(r))
+  resistances = tuple(r if resistance_kind(r) == "traced"
+                      else float(np.asarray(r))
                       for r in resistances)
   return back(_aam_jit(g, resistances, int(paths)))

@@ -32,7 +32,8 @@ def _nested_flops(m, n):
 def _geff_impl(g, resistances, kinds, method):
   """G_eff of g: [..., M, N] in forward orientation.
 
-  kinds[k]: `resistance_kind` of resistance k of (r_row, r_col, r_source, r_sense).
+  kinds[k]: `resistance_kind` of resistance k of (r_row, r_col, r_source,
+  r_sense).
   """
   r_row, r_col, r_source, r_sense = (jnp.asarray(r, g.dtype)
                                      for r in resistances)

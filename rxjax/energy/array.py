@@ -93,7 +93,7 @@ def _moment(rows, x_scale, spec: crossbar.ChipSpec, exact: bool) -> np.ndarray:
   """
   x01 = rows / np.asarray(x_scale, rows.dtype).reshape(-1, 1, 1)
   passes = [np.maximum(x01, 0)]
-  if spec.inputs != "non_negative":
+  if spec.periphery.inputs.n_passes == 2:  # Signed inputs.
     passes.append(np.maximum(-x01, 0))
   x01 = np.clip(np.stack(passes, axis=1), 0, 1)  # [G, Q, R, K]
   d = spec.dac

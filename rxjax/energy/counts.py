@@ -34,8 +34,9 @@ def _chip_numbers(spec: crossbar.ChipSpec):
   m, n = spec.mapping.tile_rows, spec.mapping.tile_cols
   s = mapping_lib.n_slices(spec.mapping, spec.device)
   pol = 2 if spec.mapping.signed == "differential" else 1
-  pol_adc = 1 if spec.pair_subtraction == "analog" else pol
-  q = 1 if spec.inputs == "non_negative" else 2
+  per = spec.periphery
+  pol_adc = per.pairs.adc_polarities(pol)
+  q = per.inputs.n_passes
   c = periphery.n_cycles(spec.dac)
   return m, n, s, pol, pol_adc, q, c
 

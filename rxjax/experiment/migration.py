@@ -28,6 +28,7 @@ ADDED_FIELDS = {"chip.pair_subtraction": "digital",
                                 "dac_bits", "dac_model", "adc_bits",
                                 "pair_subtraction", "inputs")},
                 "retrain.gain_correction": "none",
+                "retrain.adc_range": "calibrated",
                 "retrain.backward": "straight_through"}
 
 

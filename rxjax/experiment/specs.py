@@ -22,9 +22,12 @@ def retrain_spec(config: ml_collections.ConfigDict, **kwargs) -> crossbar.ChipSp
   `config.retrain.gain_correction` (default "column": each layer's outputs
   get a per-column digital gain fitted when the chip is programmed, as
   real chips calibrate their readout; docs/training.md says why re-training
-  needs it)."""
-  gain = config.retrain.get("gain_correction", "none")
-  return chip_spec(config.chip, **kwargs).replace(gain_correction=gain)
+  needs it) and `config.retrain.adc_range` (default "fitted": each layer's
+  ADC full scale picked by the error of its readings, which coarse ADCs
+  need)."""
+  return chip_spec(config.chip, **kwargs).replace(
+      gain_correction=config.retrain.get("gain_correction", "none"),
+      adc_range=config.retrain.get("adc_range", "calibrated"))
 
 
 def txsim_specs(config) -> dict:

@@ -196,14 +196,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for name, (spec, _) in txsim_specs(config).items():
       result[name] = _txsim_accuracy(config, run, loaded[name][0], spec)
       print(f"  {name}: {result[name]:.4f}", flush=True)
-    result["devices"] = distributed.devices_info(run.mesh)
-    result["seconds"] = time.time() - start
-    path = os.path.join(wd, "eval.json")
-    if distributed.is_main():
-      write_json(path, result)
-    print(txsim_table(result))
-    print(f"  wrote {path} ({result['seconds']:.0f} s)")
-    return result
+    return _write_eval(wd, run, result, start, txsim_table)
   (variables, network, checkpoint), = loaded.values()
   variables = distributed.replicate(variables, run.mesh)
   seed = config.seed
@@ -228,12 +221,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         key=keys.monte_carlo_key(seed), n=config.eval.num_chips,
         batch_size=config.eval.batch_size)
     result["chips"]["tile_size"] = size
+  return _write_eval(wd, run, result, start, table)
+
+
+def _write_eval(wd: str, run: Setup, result: dict, start: float,
+                tabulate) -> dict:
+  """Adds the devices and the seconds to `result`, writes it as eval.json
+  (process 0) and prints it as `tabulate` makes it a table."""
   result["devices"] = distributed.devices_info(run.mesh)
   result["seconds"] = time.time() - start
   path = os.path.join(wd, "eval.json")
   if distributed.is_main():
     write_json(path, result)
-  print(table(result))
+  print(tabulate(result))
   print(f"  wrote {path} ({result['seconds']:.0f} s)")
   return result
 
