@@ -50,7 +50,7 @@ The input gradient is the chip's own, `dy @ W_eff.T` (clip mask applied),
 whatever `ChipSpec.backward` says; the weight gradient is `W_eff`'s VJP of
 `clip(x).T @ dy` back through the solve and the mapping.
 
-It does not own the layers (`rxjax.nn`), the read (`crossbar.py`) or the solve
+It does not own the layers (`rxjax.nn`), the read (`rxjax.crossbar`) or the solve
 (`rxjax.circuit`).
 """
 

@@ -20,7 +20,7 @@ crossbar), tile row, tile column, row in tile, column in tile.
 
 It does not own device non-idealities (variation, write noise, stuck cells:
 `device.py`), the circuit (`rxjax.circuit`) or the read-out and shift-and-add of
-the crossbar (`crossbar.py`, which uses `slice_weights` in the same way as
+the crossbar (`rxjax.crossbar`, which uses `slice_weights` in the same way as
 `unmap`).
 """
 

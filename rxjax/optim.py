@@ -31,7 +31,7 @@ their updates pass through unchanged (digital update).
 
 It does not own the device physics (`device.py`), the mapping of the
 realized weights onto bit-sliced, tiled crossbars for the forward and
-backward reads (`mapping.py`, `crossbar.py`), nor the layers (`rxjax.nn`).
+backward reads (`mapping.py`, `rxjax.crossbar`), nor the layers (`rxjax.nn`).
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def apply_device_response(
     spec: the device's update response (`nu`, `gamma`); static.
     device: the device (`g_min`, `g_max`); `DeviceSpec()` if None. Its
       variation, programming and read noise and stuck cells belong to the
-      reads (`crossbar.py`) and are not applied here.
+      reads (`rxjax.crossbar`) and are not applied here.
     key: PRNG key; step `t` uses `fold_in(key, t)` and leaf `i` (in
       `jax.tree_util` order) `fold_in(fold_in(key, t), i)`. Same key, same
       numbers.

@@ -220,8 +220,8 @@ def test_analog_pair_subtraction_matches_numpy():
 @pytest.mark.parametrize("dac_model", ["ideal", "divider"])
 def test_polarity_split_read_equals_the_joint_read(monkeypatch, dac_model):
   """Large digital-pair reads run the two polarities as separate scans
-  (`crossbar.SPLIT_CURRENTS`); forcing that path on a small layer must give
-  the joint read's numbers: ADC offsets and gains of each polarity's own
+  (`crossbar.reads.SPLIT_CURRENTS`); forcing that path on a small layer must
+  give the joint read's numbers: ADC offsets and gains of each polarity's own
   columns, the negative crossbar subtracted."""
   spec = _small_tiles(ChipSpec(
       wires=RERAM_WIRES, inputs="signed",
@@ -232,7 +232,7 @@ def test_polarity_split_read_equals_the_joint_read(monkeypatch, dac_model):
   chip = crossbar.calibrate(
       crossbar.program(w, spec, key=jax.random.key(5)), x, spec)
   joint = crossbar.read(x, chip, spec)
-  monkeypatch.setattr(crossbar, "SPLIT_CURRENTS", 0)
+  monkeypatch.setattr(crossbar.reads, "SPLIT_CURRENTS", 0)
   split = crossbar.read(x, chip, spec)
   np.testing.assert_allclose(split, joint, rtol=1e-12,
                              atol=1e-12 * float(jnp.abs(joint).max()))

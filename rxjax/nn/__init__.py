@@ -45,7 +45,7 @@ re-training; "transposed_read": through the chip, TxSim). `apply(backward=
 "circuit")` instead differentiates through the exact `G_eff` of the current
 weights and the mapping, converters straight-through (`circuit_grad`).
 
-It does not own the read (`crossbar.py`) or what to do with the layers
+It does not own the read (`rxjax.crossbar`) or what to do with the layers
 (`rxjax.experiment`).
 
 Modules: `modes` (`mode_spec`, the collection's names), `conv` (kernels as

@@ -17,7 +17,7 @@ RxNN section V (fig. 4) and DESIGN.md section 3:
   batches (`calibrate`, `input_scale`, `full_scale`; TxSim IV-B).
 
 It does not own the crossbar network (`rxjax.circuit`), the mapping of weights
-(`mapping.py`) or the composition of the stages (`crossbar.py`).
+(`mapping.py`) or the composition of the stages (`rxjax.crossbar`).
 
 Signed inputs. Everything here sees only non-negative normalized inputs
 `x01` in `[0, 1]` (the input divided by its calibrated scale). Signed inputs

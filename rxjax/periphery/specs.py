@@ -55,7 +55,7 @@ class DACSpec:
     r_pd: fixed pull-down resistor of the divider (ohm), > 0.
     v_ref: divider supply (volt); must be finite and > v_read.
     nominal_load: row load (siemens, >= 0) at which the divider is exact.
-      None: the caller passes it (`crossbar.py` uses the row load of a
+      None: the caller passes it (`rxjax.crossbar` uses the row load of a
       mid-state tile, `tile_cols * (g_min + g_max) / 2`).
     calibration: input scale from calibration batches: "max" or "percentile"
       of `|x|`.
