@@ -11,9 +11,11 @@ re-training with each `retrain.backward` (`experiment.train`, Adam at the
 config's `retrain.learning_rate`, chip programmed and calibrated at the
 epoch start), with the seconds per re-training step. Also measures, once
 per configuration, how far the interpolated gradient (the stored
-distortion) is from the exact one at the start and at the end of a
-circuit re-training epoch: `||g_interp - g_exact|| / ||g_exact||` of the
-loss' gradient w.r.t. all parameters on one training batch.
+distortion) and the straight-through one are from the exact one at the
+start and at the end of a circuit re-training epoch: `||g - g_exact|| /
+||g_exact||` of the loss' gradient w.r.t. all parameters on one training
+batch, their cosine, the error after the best scale of `g`, and the norm
+ratio.
 
 Writes `circuit_retrain.json` in `--workdir`; prints a Markdown table.
 """
@@ -59,8 +61,17 @@ def _grad_error(net, spec, variables, chips, x, y):
 
   exact = grad("circuit")
   norm = np.linalg.norm(exact)
-  return {b: float(np.linalg.norm(grad(b) - exact) / norm)
-          for b in ("circuit_interpolated", "straight_through")}
+  out = {}
+  for b in ("circuit_interpolated", "straight_through"):
+    g = grad(b)
+    out[b] = float(np.linalg.norm(g - exact) / norm)
+    # Direction alone (Adam's steps hardly depend on a gradient's scale):
+    # the cosine, and the relative error after the best scale of g.
+    out[f"{b}_cosine"] = float(g @ exact / (np.linalg.norm(g) * norm))
+    scale = float(g @ exact / (g @ g))
+    out[f"{b}_scaled"] = float(np.linalg.norm(scale * g - exact) / norm)
+    out[f"{b}_norm_ratio"] = float(np.linalg.norm(g) / norm)
+  return out
 
 
 def main():

@@ -28,6 +28,7 @@ from typing import Any
 
 from rxjax import _checks
 from rxjax import circuit
+from rxjax import circuit_grad
 from rxjax import crossbar
 from rxjax import data as data_lib
 from rxjax import device as device_lib
@@ -37,7 +38,7 @@ from rxjax import periphery
 
 MODES = ("digital", "retrain", "txsim")
 # `retrain.backward` (`rxjax.circuit_grad.BACKWARDS`; docs/training.md).
-RETRAIN_BACKWARDS = ("straight_through", "circuit", "circuit_interpolated")
+RETRAIN_BACKWARDS = circuit_grad.BACKWARDS
 OPTIMIZERS = ("adam", "sgd")
 G_EFF_MODES = ("exact", "interpolated", "aam", "none")
 # Datasets that read `data_dir`; the others are bundled or generated.
