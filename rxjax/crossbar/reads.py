@@ -131,7 +131,9 @@ def scan_tile_rows(q, chip: Chip, spec: ChipSpec, reduce, init, g_eff=None):
   g_rows = jnp.transpose(g_eff, (2, 4, 0, 1, 3, 5))  # [Tr, M, S, P, Tc, N]
 
   def step(acc, u_rc, g_r, r, c):
-    i = drive.tile_row_currents(u_rc, g_r, chip.y_port, r, load)
+    y_r = None if chip.y_port is None else jnp.moveaxis(chip.y_port, 2, 0)[r]
+    i = drive.currents(u_rc, g_r, driven_first=True, nominal_load=load,
+                       y_port=y_r)
     return reduce(acc, i, r, c)
 
   def tile_row(acc, xs):
@@ -313,9 +315,20 @@ def _read_backward(dy, chip: Chip, spec: ChipSpec, key):
   u = _pad_to(u, tc * n_data).reshape(u.shape[:-1] + (tc, n_data))
   if offset_scheme:  # The reference column is not driven.
     u = _pad_to(u, n)
-  c = u.shape[0]
+  c, q, b = u.shape[:3]
   m_read = min(tr * m, chip.fan_in)
-  currents = per.drive.column_currents(u, g_bwd, m_read, nominal_load(spec))
+  # One tile column at a time through the tile kernel of the forward read.
+  if per.drive.load_dependent:  # Each tile whole: its columns' loads.
+    g_cols = jnp.moveaxis(g_bwd, 3, 0)  # [Tc, S, P, Tr, M, N]
+  else:
+    # [Tc, S P m_read, N]: the padding rows of the last tile row are not
+    # read at all.
+    g_cols = jnp.moveaxis(g_bwd, 3, 0).reshape(tc, s * p, tr * m, n)
+    g_cols = g_cols[:, :, :m_read].reshape(tc, s * p * m_read, n)
+  load = nominal_load(spec)
+  currents = [per.drive.currents(u[:, :, :, t], g_cols[t], driven_first=False,
+                                 nominal_load=load)
+              .reshape(c, q, b, s, p, -1)[..., :m_read] for t in range(tc)]
   currents = [per.pairs.subtract(i, axis=4) for i in currents]
   # Row ADCs: full scale from this error batch (dynamic range, TxSim IV-B),
   # over the rows read.

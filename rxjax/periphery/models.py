@@ -35,13 +35,22 @@ INPUTS = ("signed", "non_negative")
 # How the DACs drive the lines.
 
 
+def _einsum(lead: int, tiles: int, driven_last: bool) -> str:
+  """Voltages `[L..., T..., D]` times tiles `[T..., D, K]` (or `[T..., K,
+  D]`), summed over the driven lines D: `[L..., T..., K]`."""
+  l, t = "abcdefgh"[:lead], "ijklmnop"[:tiles]
+  g = f"{t}yx" if driven_last else f"{t}xy"
+  return f"{l}{t}x,{g}->{l}{t}y"
+
+
 @dataclasses.dataclass(frozen=True)
 class IdealDrive:
   """Every driven line at `u * v_read`, whatever the tile's load."""
 
   dac: DACSpec
   # Whether a line's voltage depends on the conductances it drives (then a
-  # read cannot drop unused columns, nor subtract a pair's conductances).
+  # read cannot drop unused columns or rows, nor subtract a pair's
+  # conductances).
   load_dependent: ClassVar[bool] = False
   # Whether the drive solves against the tile's row-port admittance (then
   # every row of a tile is read, and the chip keeps `y_port`).
@@ -52,52 +61,33 @@ class IdealDrive:
     del g, wires
     return None
 
-  def tile_row_currents(self, u, g_r, y_port, r, nominal_load):
-    """Column currents of one tile row in one input cycle (forward read).
+  def currents(self, u, g, *, driven_first: bool, nominal_load,
+               y_port=None):
+    """The tile kernel: sensed currents of tiles driven with codes `u`.
+
+    The one computation of both reads (`crossbar.reads`), forward (one tile
+    row at a time, `driven_first`) and transposed (one tile column at a
+    time): the DAC voltages of the driven lines, then `v @ G_eff`.
 
     Args:
-      u: `[Q, B, M]` this cycle's normalized DAC codes of the tile row's
-        rows (passes, batch, rows).
-      g_r: `[M, S, P, Tc, N]` the tile row's effective conductances.
-      y_port: the chip's `[S, P, Tr, Tc, M, M]` row-port admittances, or
-        None (`port_admittance`).
-      r: the tile row's index (may be traced).
-      nominal_load: the row load at which a divider is exact (siemens).
+      u: `[L..., D]` normalized DAC codes of the driven lines (leading axes:
+        passes, batch, cycles).
+      g: effective conductances: `[D, T..., K]` (`driven_first`: the
+        forward read's rows first, then the tiles and the sensed columns)
+        or `[T..., K, D]` (the transposed read's tiles as stored, driven
+        columns last).
+      nominal_load: the line load at which a divider is exact (siemens).
+      y_port: `[T..., D, D]` row-port admittances of the tiles (the exact
+        divider, forward), or None.
 
     Returns:
-      `[Q, B, S, P, Tc, N]` currents (amperes).
+      `[L..., T..., K]` currents (amperes).
     """
-    del y_port, r, nominal_load
-    # One GEMM per step: [Q B, M] @ [M, S P Tc N].
+    del nominal_load, y_port
+    # One GEMM: [L, D] @ [D, T K].
     v = dac_lib.dac_voltage(u, self.dac)
-    return jax.lax.dot_general(v, g_r, (((2,), (0,)), ((), ())))
-
-  def column_currents(self, u, g_bwd, m_read, nominal_load):
-    """Row currents of the transposed read, per tile column.
-
-    Args:
-      u: `[C, Q, B, Tc, N]` normalized DAC codes of the column drivers
-        (cycles, passes, batch, tile columns, columns).
-      g_bwd: `[S, P, Tr, Tc, M, N]` backward effective conductances.
-      m_read: the rows read (the layer's fan-in rows of the tile grid).
-      nominal_load: the column load at which a divider is exact (siemens).
-
-    Returns:
-      One `[C, Q, B, S, P, m_read]` array of currents (amperes) per tile
-      column.
-    """
-    del nominal_load
-    s, p, tr, tc, m, n = g_bwd.shape
-    c, q, b = u.shape[:3]
-    # One GEMM per tile column, [C Q B, N] @ [N, S P Tr M] (XLA's CPU
-    # backend runs the batched einsum several times slower).
-    v = dac_lib.dac_voltage(u, self.dac)
-    # [Tc, S P, Tr M, N]; the padding rows of the last tile row are not read.
-    g_t = jnp.moveaxis(g_bwd, 3, 0).reshape(tc, s * p, tr * m, n)
-    g_t = g_t[:, :, :m_read].reshape(tc, s * p * m_read, n)
-    return [jax.lax.dot_general(v[:, :, :, t], g_t[t],
-                                (((3,), (1,)), ((), ())))
-            .reshape(c, q, b, s, p, m_read) for t in range(tc)]
+    driven = 0 if driven_first else g.ndim - 1
+    return jax.lax.dot_general(v, g, (((u.ndim - 1,), (driven,)), ((), ())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,24 +96,21 @@ class DividerDrive(IdealDrive):
 
   load_dependent: ClassVar[bool] = True
 
-  def tile_row_currents(self, u, g_r, y_port, r, nominal_load):
-    del y_port, r
-    g_r = jnp.moveaxis(g_r, 0, 3)  # [S, P, Tc, M, N]
-    u_t = u[:, :, None, None, None, :]
-    g_load = dac_lib.row_load(g_r)  # [S, P, Tc, M]
-    v = dac_lib.dac_voltage(u_t, self.dac, g_load, nominal_load=nominal_load)
-    return jnp.einsum("qbsptm,sptmn->qbsptn", v, g_r)
+  def _voltages(self, u_t, g_t, g_load, nominal_load, y_port):
+    del g_t, y_port
+    return dac_lib.dac_voltage(u_t, self.dac, g_load,
+                               nominal_load=nominal_load)
 
-  def column_currents(self, u, g_bwd, m_read, nominal_load):
-    s, p, tr, tc, m, n = g_bwd.shape
-    c, q, b = u.shape[:3]
-    # Divider DACs on the columns, loaded by the column sums of G_eff_bwd.
-    u = u[:, :, :, None, None, None, :, :]  # [C, Q, B, 1, 1, 1, Tc, N]
-    g_load = g_bwd.sum(-2)  # Column loads: [S, P, Tr, Tc, N].
-    v = dac_lib.dac_voltage(u, self.dac, g_load, nominal_load=nominal_load)
-    i = jnp.einsum("cqbsprtn,sprtmn->cqbsprtm", v, g_bwd)
-    return [i[..., t, :].reshape(c, q, b, s, p, tr * m)[..., :m_read]
-            for t in range(tc)]
+  def currents(self, u, g, *, driven_first: bool, nominal_load,
+               y_port=None):
+    if driven_first:
+      g = jnp.moveaxis(g, 0, -2)  # [T..., D, K]
+    tiles = g.ndim - 2
+    # The load of a driven line: the sum of its conductances.
+    g_load = dac_lib.row_load(g) if driven_first else g.sum(-2)  # [T..., D]
+    u_t = u.reshape(u.shape[:-1] + (1,) * tiles + u.shape[-1:])
+    v = self._voltages(u_t, g, g_load, nominal_load, y_port)
+    return jnp.einsum(_einsum(u.ndim - 1, tiles, not driven_first), v, g)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,14 +124,12 @@ class ExactDividerDrive(DividerDrive):
   def port_admittance(self, g, wires):
     return dac_lib.port_admittance(g, wires)
 
-  def tile_row_currents(self, u, g_r, y_port, r, nominal_load):
-    g_r = jnp.moveaxis(g_r, 0, 3)  # [S, P, Tc, M, N]
-    u_t = u[:, :, None, None, None, :]
-    y_r = jnp.moveaxis(y_port, 2, 0)[r]
-    u_t = jnp.broadcast_to(u_t, u_t.shape[:2] + g_r.shape[:-1])
-    v = dac_lib.dac_voltage_exact(u_t, self.dac, y_r,
-                                  nominal_load=nominal_load)
-    return jnp.einsum("qbsptm,sptmn->qbsptn", v, g_r)
+  def _voltages(self, u_t, g_t, g_load, nominal_load, y_port):
+    del g_load
+    u_t = jnp.broadcast_to(u_t, u_t.shape[:u_t.ndim - g_t.ndim + 1]
+                           + g_t.shape[:-1])
+    return dac_lib.dac_voltage_exact(u_t, self.dac, y_port,
+                                     nominal_load=nominal_load)
 
 
 _DRIVES = {"ideal": IdealDrive, "divider": DividerDrive,
