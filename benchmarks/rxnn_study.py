@@ -612,8 +612,10 @@ def short(net):
 
 
 def plot_steps(path, nets, rows):
-  fig, axes = plt.subplots(1, len(nets), figsize=(6.0 * len(nets), 4.8),
-                           squeeze=False)
+  bars = max(sum(r["network"] == net.plan.title and r["figure"] != "12a"
+                 for r in rows) for net in nets)
+  fig, axes = plt.subplots(1, len(nets), figsize=(
+      max(6.0, 0.45 * bars) * len(nets), 5.6), squeeze=False)
   for ax, net in zip(axes[0], nets):
     mine = [r for r in rows if r["network"] == net.plan.title
             and r["figure"] != "12a"]
@@ -631,6 +633,8 @@ def plot_steps(path, nets, rows):
               "after RxNN re-training, ", "")
         else:
           s = s.replace(" network", "")
+      s = (s.replace("calibrated ADC ranges", "cal. ADC")
+           .replace("fitted ADC ranges", "fitted ADC"))
       labels.append(s.replace(", ", ",\n"))
       accs.append(r["accuracy"])
       errs.append(r["std"] if r["std"] != "" else 0.0)
