@@ -268,5 +268,5 @@ def folded(op, x, w, w_eff, w_bwd, lo, hi, read=None):
 def clip_range(chips, spec: ChipSpec, channels: int):
   """Per-channel input range `[channels]` (each group its own scale)."""
   hi = jnp.repeat(chips.x_scale, channels // chips.x_scale.shape[0])
-  lo = jnp.zeros_like(hi) if spec.inputs == "non_negative" else -hi
+  lo = spec.periphery.inputs.lowest(hi)
   return lo, hi

@@ -253,6 +253,10 @@ class SignedInputs:
     """`[Q, ...]` digital results of the passes -> the read's."""
     return y[0] - y[1]
 
+  def lowest(self, hi):
+    """The lowest input the passes apply, given the highest `hi`."""
+    return -hi
+
 
 @dataclasses.dataclass(frozen=True)
 class NonNegativeInputs(SignedInputs):
@@ -265,6 +269,9 @@ class NonNegativeInputs(SignedInputs):
 
   def combine(self, y):
     return y[0]
+
+  def lowest(self, hi):
+    return jnp.zeros_like(hi)
 
 
 _INPUTS = {"signed": SignedInputs, "non_negative": NonNegativeInputs}
