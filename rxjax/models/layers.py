@@ -122,6 +122,14 @@ def _adaptive_axis(x, axis: int, size: int):
   return jnp.concatenate(bins, axis=axis)
 
 
+def _check_not_collapsed(x, name: str) -> None:
+  """ValueError naming the pooling layer when H or W of `x` is 0."""
+  if min(x.shape[1:3]) < 1:
+    raise ValueError(f"{name}: the feature map collapsed to "
+                     f"{x.shape[1]}x{x.shape[2]}; use a larger input (see the "
+                     f"model's `min_input`)")
+
+
 def adaptive_avg_pool(x, size: int, name: str = "adaptive_avg_pool"):
   """Averages [B, H, W, C] down (or up) to [B, size, size, C].
 
@@ -132,10 +140,7 @@ def adaptive_avg_pool(x, size: int, name: str = "adaptive_avg_pool"):
   Raises:
     ValueError: when H or W is 0.
   """
-  if min(x.shape[1:3]) < 1:
-    raise ValueError(f"{name}: the feature map collapsed to "
-                     f"{x.shape[1]}x{x.shape[2]}; use a larger input (see the "
-                     f"model's `min_input`)")
+  _check_not_collapsed(x, name)
   return _adaptive_axis(_adaptive_axis(x, 1, size), 2, size)
 
 
@@ -145,10 +150,7 @@ def global_avg_pool(x, name: str = "global_avg_pool"):
   Raises:
     ValueError: when H or W is 0.
   """
-  if min(x.shape[1:3]) < 1:
-    raise ValueError(f"{name}: the feature map collapsed to "
-                     f"{x.shape[1]}x{x.shape[2]}; use a larger input (see the "
-                     f"model's `min_input`)")
+  _check_not_collapsed(x, name)
   return jnp.mean(x, axis=(1, 2))
 
 
