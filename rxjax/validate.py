@@ -344,6 +344,21 @@ def retrain_tile_size(config) -> int:
   return config.chip.tile_size if size is None else size
 
 
+def _readout(config) -> tuple[str, str]:
+  """Re-training's per-column readout gain and ADC range fit
+  (docs/training.md), checked; the Monte-Carlo chips of a re-trained
+  network get them too."""
+  gain = config.retrain.get("gain_correction", "none")
+  if gain not in ("none", "column"):
+    raise ConfigError("retrain.gain_correction", "`retrain.gain_correction` "
+                      f"must be 'none' or 'column', got {gain!r}")
+  adc_range = config.retrain.get("adc_range", "calibrated")
+  if adc_range not in ("calibrated", "fitted"):
+    raise ConfigError("retrain.adc_range", "`retrain.adc_range` must be "
+                      f"'calibrated' or 'fitted', got {adc_range!r}")
+  return gain, adc_range
+
+
 def check(config, *, entry: str = "train_and_evaluate") -> Plan:
   """Checks every field of `config` and builds every spec the run needs.
 
@@ -400,8 +415,16 @@ def check(config, *, entry: str = "train_and_evaluate") -> Plan:
     size = config.chip.tile_size
     eval_specs = {(m, size): _eval_spec(config, m, size)
                   for m in ("ideal", "nonideal")}
+    chips = base
+    if mode == "retrain":
+      # The re-trained network on the chips training evaluated it on: its
+      # readout calibration is part of how those chips are programmed.
+      gain, adc_range = _readout(config)
+      eval_specs[("nonideal", size)] = eval_specs[("nonideal", size)].replace(
+          gain_correction=gain, adc_range=adc_range)
+      chips = base.replace(gain_correction=gain, adc_range=adc_range)
     return Plan(eval_specs, size, None,
-                base if num_chips > 0 else None, {})
+                chips if num_chips > 0 else None, {})
   if mode == "txsim":
     return Plan({}, config.chip.tile_size, None, None, txsim_plan(config))
   sizes = config.eval.tile_sizes
@@ -420,17 +443,7 @@ def check(config, *, entry: str = "train_and_evaluate") -> Plan:
   size = retrain_tile_size(config)
   retrain = _sized(config, size, False, "retrain.tile_size")
   chips = _sized(config, size, True, "retrain.tile_size")
-  # Re-training's per-column readout gain and ADC range fit
-  # (docs/training.md); the Monte-Carlo chips of a re-trained network get
-  # them too.
-  gain = config.retrain.get("gain_correction", "none")
-  if gain not in ("none", "column"):
-    raise ConfigError("retrain.gain_correction", "`retrain.gain_correction` "
-                      f"must be 'none' or 'column', got {gain!r}")
-  adc_range = config.retrain.get("adc_range", "calibrated")
-  if adc_range not in ("calibrated", "fitted"):
-    raise ConfigError("retrain.adc_range", "`retrain.adc_range` must be "
-                      f"'calibrated' or 'fitted', got {adc_range!r}")
+  gain, adc_range = _readout(config)
   retrain = retrain.replace(gain_correction=gain, adc_range=adc_range)
   if config.retrain.num_epochs > 0:
     chips = chips.replace(gain_correction=gain, adc_range=adc_range)
