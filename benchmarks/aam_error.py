@@ -63,7 +63,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import colors  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _common  # noqa: E402  (benchmarks/_common.py)
+import common  # noqa: E402  (benchmarks/common.py)
 from rxjax import circuit  # noqa: E402
 
 TILE = 64
@@ -258,7 +258,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed calls, best kept (default 7)")
   args = parser.parse_args()
-  args.out = _common.output_dir(args.out, args.quick, "rxjax_aam_")
+  args.out = common.output_dir(args.out, args.quick, "rxjax_aam_")
   n_states = args.states or (2 if args.quick else 16)
   n_inputs = args.inputs or (4 if args.quick else 32)
   batch = args.batch or (8 if args.quick else 64)

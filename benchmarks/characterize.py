@@ -68,7 +68,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _common  # noqa: E402  (benchmarks/_common.py)
+import common  # noqa: E402  (benchmarks/common.py)
 from rxjax import circuit, device, spice  # noqa: E402
 
 R_MIN, R_MAX = 100e3, 1e6  # ohm: ReRAM
@@ -350,7 +350,7 @@ def main():
                       help="Monte-Carlo chip instances (2f); default 1000")
   args = parser.parse_args()
 
-  args.out = _common.output_dir(args.out, args.quick, "rxjax_characterize_")
+  args.out = common.output_dir(args.out, args.quick, "rxjax_characterize_")
   sizes = [8, 16, 32] if args.quick else [8, 16, 32, 64, 128, 256]
   tile = 32 if args.quick else TILE
   samples = args.samples or (20 if args.quick else 1000)

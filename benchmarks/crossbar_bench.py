@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import _common  # benchmarks/_common.py
+import common  # benchmarks/common.py
 import rxjax
 from rxjax import crossbar
 
@@ -95,7 +95,7 @@ def bench_vmm(batch):
                               jnp.tile(w, (1, s * p))))
       ref_name = f"{products} products as one [{cycles}B,K]@[K,{s * p}N] GEMM"
     # In turns: the VM's speed drifts, and a ratio must see one speed.
-    t = _common.best_interleaved(calls)
+    t = common.best_interleaved(calls)
     t_read, t_plain = t["read"], t["plain"]
     t_ref = t.get("ref", t_plain)
     ratio = t_read / t_ref

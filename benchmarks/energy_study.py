@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks import _common  # noqa: E402
+from benchmarks import common  # noqa: E402
 from configs import lenet_mnist  # noqa: E402
 from rxjax import energy, experiment, models  # noqa: E402
 
@@ -292,7 +292,7 @@ def main():
                       help="8 chips on 300 test images, 3 training epochs")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
-  out = _common.output_dir(args.out, args.quick, "energy_study_")
+  out = common.output_dir(args.out, args.quick, "energy_study_")
   jax.config.update("jax_compilation_cache_dir",
                     os.path.join(args.workdir, "xla_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -58,7 +58,7 @@ import time
 import jax
 import numpy as np
 
-import _common  # benchmarks/_common.py
+import common  # benchmarks/common.py
 
 jax.config.update("jax_enable_x64", True)
 
@@ -289,7 +289,7 @@ def time_in_turns(size: int, permc_spec: str, seconds: float = 6.0) -> dict:
                         (jax.device_put(g, _mesh_sharding()),))
   k, rhs, _ = nodal_system(tiles(size, 1)[0])
   calls["splu"] = (lambda: spla.splu(k, permc_spec=permc_spec).solve(rhs), ())
-  timed = _common.in_turns(calls, repeats=3, seconds=seconds)
+  timed = common.in_turns(calls, repeats=3, seconds=seconds)
   per_call = {"one_device": batch, "sharded": batch, "splu": 1}
   return {name: (t / per_call[name], busy)
           for name, (t, busy) in timed.items()}

@@ -40,7 +40,7 @@ def child(repeats: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  import _common  # noqa: F401  (applies tune_host as the environment says)
+  import common  # noqa: F401  (applies tune_host as the environment says)
   import train_bench  # pylint: disable=g-import-not-at-top
   from rxjax import data, experiment, models  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, REPO)
@@ -71,7 +71,7 @@ def child(repeats: int) -> dict:
       state, chips, loss, _ = txsim_step(state, chips, xs[i], ys[i])
     return state, chips, loss
 
-  t = _common.best_interleaved({"txsim": (txsim, (txsim0,)),
+  t = common.best_interleaved({"txsim": (txsim, (txsim0,)),
                                 "digital": (digital, (digital0,))},
                                repeats=repeats)
   return {"txsim_step_ms": t["txsim"] / STEPS * 1e3,

@@ -5,7 +5,7 @@
 
 Float32, the best of several repeats after a warm-up (compilation excluded);
 the two sides of each target ratio are timed in turns
-(`_common.best_interleaved`), so that the VM's drifting speed reaches both.
+(`common.best_interleaved`), so that the VM's drifting speed reaches both.
 
 1. LeNet-5 (28 x 28) and ResNet-20 (32 x 32 x 3) at batch 256, chip
    programmed once (`rxjax.nn.program`), against `model.apply` jitted:
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import _common  # benchmarks/_common.py
+import common  # benchmarks/common.py
 from rxjax import circuit, crossbar, data, device, models, periphery
 from rxjax import nn as rnn
 
@@ -67,10 +67,10 @@ def overhead(name, shape, repeats):
     calls[label] = (run, (variables, chips, x))
   # Native and one slice in turns (their ratio is the target); the default
   # chip, 20-150x slower, on its own.
-  t = _common.best_interleaved(
+  t = common.best_interleaved(
       {k: calls[k] for k in ("native", "one_slice")}, repeats=repeats)
   fn, fn_args = calls["default"]
-  t["default"] = _common.best(fn, *fn_args, repeats=max(1, repeats // 2))
+  t["default"] = common.best(fn, *fn_args, repeats=max(1, repeats // 2))
   native = t["native"]
   out = {"native_ms": native * 1e3}
   for label in ("one_slice", "default"):
@@ -113,7 +113,7 @@ def monte_carlo(n_chips, repeats, sub_batch=50):
   single = jax.jit(one)
   batched = jax.jit(many)
   loop = lambda keys: jnp.stack([single(k, *args) for k in keys])
-  t = _common.best_interleaved({"vmap": (batched, (keys, *args)),
+  t = common.best_interleaved({"vmap": (batched, (keys, *args)),
                                 "loop": (loop, (keys,))}, repeats=repeats)
   t_vmap, t_loop = t["vmap"], t["loop"]
   acc_v, acc_l = batched(keys, *args), loop(keys)
@@ -126,7 +126,7 @@ def monte_carlo(n_chips, repeats, sub_batch=50):
             if isinstance(c, crossbar.Chip)]
   gs = jnp.concatenate([c.g.reshape((-1,) + c.g.shape[-2:]) for c in layers])
   solve = jax.jit(lambda g: circuit.effective_conductance(g, spec.wires))
-  t_solve = _common.best(solve, gs, repeats=max(1, repeats // 2))
+  t_solve = common.best(solve, gs, repeats=max(1, repeats // 2))
   print(f"LeNet-5 x {n_chips} chips on 1000 digits: vmapped {t_vmap:.2f} s, "
         f"loop {t_loop:.2f} s ({t_loop / t_vmap:.2f}x); accuracy "
         f"{float(acc_v.mean()):.4f} +- {float(acc_v.std()):.4f}, max "

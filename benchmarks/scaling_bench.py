@@ -6,7 +6,7 @@
 On a CPU host the script exposes `--devices` CPU devices (default 2, one
 per core of the 2-core machine it was written on; set before JAX starts);
 on a GPU or TPU host it uses every accelerator the host has. It times, in
-turns (`_common.in_turns`: one call of each side per round, so both see the
+turns (`common.in_turns`: one call of each side per round, so both see the
 same phases of a shared machine), the same work on a mesh of all those
 devices and on a mesh of one:
 
@@ -60,7 +60,7 @@ def main():
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-  from benchmarks import _common  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
   from configs import lenet_mnist  # pylint: disable=g-import-not-at-top
   from rxjax import crossbar, distributed, experiment, models  # pylint: disable=g-import-not-at-top
   from rxjax import device as device_lib  # pylint: disable=g-import-not-at-top
@@ -82,7 +82,7 @@ def main():
   busy = {}  # cores busy per measurement: the floor a core count sets
 
   def turns(calls, what):
-    timed = _common.in_turns(calls, repeats=args.repeats)
+    timed = common.in_turns(calls, repeats=args.repeats)
     busy[what] = {name: round(b, 2) for name, (_, b) in timed.items()}
     return {name: t for name, (t, _) in timed.items()}
 

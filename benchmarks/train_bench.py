@@ -41,7 +41,7 @@ learning rate on the same model and batches.
    chip (`configs/lenet_mnist.py`: Cross64, 100 kOhm - 1 MOhm, 8-bit
    weights in 4 slices of 2-bit cells, differential pairs, 8-bit inputs
    through 1-bit DACs, 8-bit ADCs, column gain), Adam, one step each, the
-   steps taken in turns (`_common.in_turns`, so that a shared machine's
+   steps taken in turns (`common.in_turns`, so that a shared machine's
    drift reaches every side of a ratio alike): digital; straight-through
    (`retrain.backward`, the chip reprogrammed with the stored distortion,
    floating-point backward); "circuit" (the current weights' `G_eff`
@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import _common  # benchmarks/_common.py
+import common  # benchmarks/common.py
 from rxjax import circuit, crossbar, data, experiment, models, optim
 from rxjax import nn as rnn
 from rxjax import validate
@@ -158,13 +158,13 @@ def lenet(config, repeats):
     return state, chips, loss
 
   t = {}
-  t["digital"] = _common.best(digital, digital0, repeats=repeats) / INTERVAL
-  t["interpolated"] = _common.best(interpolated, txsim0,
+  t["digital"] = common.best(digital, digital0, repeats=repeats) / INTERVAL
+  t["interpolated"] = common.best(interpolated, txsim0,
                                    repeats=repeats) / INTERVAL
-  t["exact"] = _common.best(exact, txsim0, repeats=repeats) / INTERVAL
-  t["txsim_step"] = _common.best(steps_only, txsim0,
+  t["exact"] = common.best(exact, txsim0, repeats=repeats) / INTERVAL
+  t["txsim_step"] = common.best(steps_only, txsim0,
                                  repeats=repeats) / INTERVAL
-  t["exact_no_solve"] = _common.best(
+  t["exact_no_solve"] = common.best(
       functools.partial(exact, step=exact_no_solve), txsim0,
       repeats=repeats) / INTERVAL
   t["g_eff_solve"] = t["exact"] - t["exact_no_solve"]
@@ -231,13 +231,13 @@ def mlp(config, repeats):
     return state, chips, loss
 
   n_programs = math.ceil(len(batches) / INTERVAL)
-  t_digital = _common.best(digital, digital0, repeats=repeats)
-  t_txsim = _common.best(txsim, txsim0, repeats=repeats)
-  t_steps = _common.best(steps_only, txsim0, repeats=repeats)
+  t_digital = common.best(digital, digital0, repeats=repeats)
+  t_txsim = common.best(txsim, txsim0, repeats=repeats)
+  t_steps = common.best(steps_only, txsim0, repeats=repeats)
   x0, y0 = batches[0]
-  t_solve = (_common.best(exact_step, txsim0, chip_key, x0, y0,
+  t_solve = (common.best(exact_step, txsim0, chip_key, x0, y0,
                           repeats=repeats)
-             - _common.best(exact_no_solve, txsim0, chip_key, x0, y0,
+             - common.best(exact_no_solve, txsim0, chip_key, x0, y0,
                             repeats=repeats))
   ratio = t_txsim / t_digital
   print(f"MLP 784-256-128-10 batch 64, one epoch ({len(batches)} steps on "
@@ -293,7 +293,7 @@ def retrain(repeats):
   steps["straight_through_forward"] = (forward, (state["variables"], chips,
                                                  x))
   steps["digital_forward"] = (jax.jit(model.apply), (state["variables"], x))
-  timed = _common.in_turns(steps, repeats=repeats)
+  timed = common.in_turns(steps, repeats=repeats)
   ms = {k: t * 1e3 for k, (t, _) in timed.items()}
   cores = {k: c for k, (_, c) in timed.items()}
   ratio = {k: ms[k] / ms["digital"] for k in ms}

@@ -72,7 +72,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import _common  # noqa: E402  (benchmarks/_common.py)
+import common  # noqa: E402  (benchmarks/common.py)
 from configs import lenet_mnist_txsim  # noqa: E402
 from rxjax import experiment  # noqa: E402
 
@@ -442,7 +442,7 @@ def main():
   command = shlex.join(
       ["python", os.path.relpath(os.path.abspath(sys.argv[0]), REPO)]
       + sys.argv[1:])
-  out = _common.output_dir(args.out or (
+  out = common.output_dir(args.out or (
       None if args.quick else os.path.join(REPO, "docs", "figures")),
                            args.quick, "rxjax_txsim_sweeps_")
   root = os.path.join(args.workdir, f"e{epochs}")
