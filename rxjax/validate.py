@@ -348,15 +348,15 @@ def _readout(config) -> tuple[str, str]:
   """Re-training's per-column readout gain and ADC range fit
   (docs/training.md), checked; the Monte-Carlo chips of a re-trained
   network get them too."""
-  gain = config.retrain.get("gain_correction", "none")
-  if gain not in ("none", "column"):
-    raise ConfigError("retrain.gain_correction", "`retrain.gain_correction` "
-                      f"must be 'none' or 'column', got {gain!r}")
-  adc_range = config.retrain.get("adc_range", "calibrated")
-  if adc_range not in ("calibrated", "fitted"):
-    raise ConfigError("retrain.adc_range", "`retrain.adc_range` must be "
-                      f"'calibrated' or 'fitted', got {adc_range!r}")
-  return gain, adc_range
+  values = []
+  for field, valid in (("gain_correction", crossbar.GAIN_CORRECTIONS),
+                       ("adc_range", crossbar.ADC_RANGES)):
+    value = config.retrain.get(field, valid[0])
+    if value not in valid:
+      raise ConfigError(f"retrain.{field}", f"`retrain.{field}` must be "
+                        f"{' or '.join(map(repr, valid))}, got {value!r}")
+    values.append(value)
+  return tuple(values)
 
 
 def check(config, *, entry: str = "train_and_evaluate") -> Plan:

@@ -51,8 +51,10 @@ from rxjax.crossbar.chip import (Chip, program, reprogram, solve,
                                  variation_key, write)
 from rxjax.crossbar.matmul import crossbar_matmul, matmul
 from rxjax.crossbar.reads import fold, read
-from rxjax.crossbar.spec import ADC_RANGE_FACTORS, ChipSpec
+from rxjax.crossbar.spec import (ADC_RANGE_FACTORS, ADC_RANGES, GAIN_CORRECTIONS,
+                                 ChipSpec)
 
-__all__ = ["ADC_RANGE_FACTORS", "Chip", "ChipSpec", "calibrate",
-           "column_gain", "crossbar_matmul", "fold", "matmul", "program",
-           "read", "reprogram", "solve", "variation_key", "write"]
+__all__ = ["ADC_RANGE_FACTORS", "ADC_RANGES", "Chip", "ChipSpec",
+           "GAIN_CORRECTIONS", "calibrate", "column_gain", "crossbar_matmul",
+           "fold", "matmul", "program", "read", "reprogram", "solve",
+           "variation_key", "write"]

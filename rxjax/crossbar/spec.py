@@ -12,11 +12,10 @@ from rxjax import mapping as mapping_lib
 from rxjax import periphery
 
 _BACKWARD_MODES = ("straight_through", "transposed_read")
-_INPUTS = ("signed", "non_negative")
 _SOLVERS = ("exact", "aam")
-_PAIR_SUBTRACTIONS = ("digital", "analog")
-_GAIN_CORRECTIONS = ("none", "column")
-_ADC_RANGES = ("calibrated", "fitted")
+# `gain_correction` and `adc_range` values (also config.retrain's fields).
+GAIN_CORRECTIONS = ("none", "column")
+ADC_RANGES = ("calibrated", "fitted")
 # Candidate ADC full scales of `adc_range="fitted"`, as fractions of the
 # calibrated one: 2**(-k/2), k = 0..4 (1 down to 1/4).
 ADC_RANGE_FACTORS = tuple(2.0 ** (-k / 2) for k in range(5))
@@ -101,13 +100,13 @@ class ChipSpec:
         raise TypeError(f"`{name}` must be a {kind.__name__}, got "
                         f"{getattr(self, name)!r}")
     _checks.check_choice("backward", self.backward, _BACKWARD_MODES)
-    _checks.check_choice("inputs", self.inputs, _INPUTS)
+    _checks.check_choice("inputs", self.inputs, periphery.INPUTS)
     _checks.check_choice("solver", self.solver, _SOLVERS)
     _checks.check_choice("pair_subtraction", self.pair_subtraction,
-                         _PAIR_SUBTRACTIONS)
+                         periphery.PAIR_SUBTRACTIONS)
     _checks.check_choice("gain_correction", self.gain_correction,
-                         _GAIN_CORRECTIONS)
-    _checks.check_choice("adc_range", self.adc_range, _ADC_RANGES)
+                         GAIN_CORRECTIONS)
+    _checks.check_choice("adc_range", self.adc_range, ADC_RANGES)
     if self.pair_subtraction == "analog":
       if self.mapping.signed != "differential":
         raise ValueError(
