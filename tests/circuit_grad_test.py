@@ -147,14 +147,21 @@ def test_interpolated_gradient_is_exact_where_the_chip_was_programmed():
   assert err(g_interp) < err(g_st), (err(g_interp), err(g_st))
 
 
-def test_straight_through_weight_gradient_is_x_transpose_dy():
-  """RxNN re-training, unchanged: on a non-ideal chip the weight gradient
-  is `x.T @ dL/dy` at the chip's output, whatever the wires do."""
-  x = jax.random.normal(jax.random.key(4), (8, 6), jnp.float64)
+def _one_dense_layer(seed: int):
+  """A bias-free 6 -> 5 dense layer in float64, 8 inputs (key `seed`) and
+  their labels; the layer initialised with key `seed + 1`."""
+  x = jax.random.normal(jax.random.key(seed), (8, 6), jnp.float64)
   y = jnp.arange(8) % 5
   model = nn.Dense(5, use_bias=False)
   variables = jax.tree.map(lambda a: a.astype(jnp.float64),
-                           model.init(jax.random.key(5), x))
+                           model.init(jax.random.key(seed + 1), x))
+  return model, variables, x, y
+
+
+def test_straight_through_weight_gradient_is_x_transpose_dy():
+  """RxNN re-training, unchanged: on a non-ideal chip the weight gradient
+  is `x.T @ dL/dy` at the chip's output, whatever the wires do."""
+  model, variables, x, y = _one_dense_layer(4)
   spec = _chip()
   chips = rnn.program(model, variables, 2 * x, spec, key=jax.random.key(6))
   _, grad = _grad(model, variables["params"], chips, x, y, spec,
@@ -187,11 +194,7 @@ def test_quantized_converters_pass_the_gradient_straight_through():
   """With 8-bit DACs and ADCs (full-precision weights) the weight gradient
   is the full-precision chip's circuit gradient (the one that matches finite
   differences) taken at the quantized read's output error."""
-  x = jax.random.normal(jax.random.key(9), (8, 6), jnp.float64)
-  y = jnp.arange(8) % 5
-  model = nn.Dense(5, use_bias=False)
-  variables = jax.tree.map(lambda a: a.astype(jnp.float64),
-                           model.init(jax.random.key(10), x))
+  model, variables, x, y = _one_dense_layer(9)
   fine = _chip()
   coarse = fine.replace(dac=crossbar.ChipSpec().dac,
                         adc=crossbar.ChipSpec().adc)
