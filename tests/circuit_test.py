@@ -610,6 +610,43 @@ def test_grad_256_memory():
   assert 0.0 <= float(g_min) <= float(g_max) <= 1.0
 
 
+_BATCH_GRAD_PROBE = textwrap.dedent("""
+    import sys
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from rxjax.circuit import Wires, effective_conductance
+    g = 1 / np.random.default_rng(1).uniform(1e5, 1e6, (8, 128, 128))
+    wires = Wires(r_row=1.0, r_col=4.6, r_source=100.0, r_sense=100.0)
+    grad = jax.jit(jax.grad(lambda g: jnp.sum(effective_conductance(
+        g, wires))))(jnp.asarray(g, jnp.float32))
+    np.save(sys.argv[1], g)
+    np.save(sys.argv[2], np.asarray(grad))
+""")
+
+
+@pytest.mark.slow
+def test_grad_of_a_batch_of_128_tiles(tmp_path):
+  """The reverse-mode derivative of eight 128 x 128 tiles' solve in one
+  batch (nested dissection, float32): it crashed XLA:CPU (a YNNPACK
+  matrix-product kernel) when the tiles were vmapped together
+  (`circuit.geff` now maps them one at a time). Run in a fresh process, so
+  that a crash fails this test only; checked against Thomson's principle
+  (see above) with scipy's node voltages for two of the tiles."""
+  g_path, grad_path = tmp_path / "g.npy", tmp_path / "grad.npy"
+  out = subprocess.run(
+      [sys.executable, "-c", _BATCH_GRAD_PROBE, str(g_path), str(grad_path)],
+      capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+  g, grad = np.load(g_path), np.load(grad_path)
+  wires = Wires(r_row=1.0, r_col=4.6, r_source=100.0, r_sense=100.0)
+  for k in (0, 7):
+    v_row, v_col, _ = reference.node_voltages(
+        np.asarray(g[k], np.float32).astype(np.float64), np.ones(128), wires)
+    np.testing.assert_allclose(grad[k], (v_row - v_col) ** 2, rtol=1e-3,
+                               atol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # 7. Node voltages.
 

@@ -53,6 +53,12 @@ def _geff_impl(g, resistances, kinds, method):
   # Tiles are solved in cache-sized groups: one vmap over thousands of tiles
   # streams every intermediate through memory and runs several times slower.
   group = max(1, _GROUP_ELEMENTS // (m * n))
+  if method == "nested":
+    # One tile at a time: the reverse-mode derivative of a vmapped group of
+    # nested-dissection solves (eight 128 x 128 tiles) crashes XLA:CPU in a
+    # YNNPACK matrix-product kernel (docs/performance.md); one tile per
+    # step of the map runs, and its forward solve is as fast.
+    group = 1
   if flat.shape[0] <= group:
     out = jax.vmap(fn)(flat)
   else:
