@@ -49,7 +49,11 @@ learning rate on the same model and batches.
    (the stored distortion, differentiated through the mapping). Goals:
    circuit <= 10x digital, straight-through <= 3x. To say what bounds the
    circuit step, its exact solves are timed alone (forward, and forward
-   with their VJP), all tiles of the network in one batch.
+   with their VJP), all tiles of the network in one batch; to say what
+   bounds straight-through, its forward pass alone and the floor of the
+   chip's read (`read_floor`: every multiply-accumulate of the network
+   once per input cycle, weight slice and polarity, as one GEMM per layer,
+   without the converters).
 
 The last line of stdout is one JSON object.
 """
@@ -69,7 +73,8 @@ import jax.numpy as jnp
 import optax
 
 import common  # benchmarks/common.py
-from rxjax import circuit, crossbar, data, experiment, models, optim
+from rxjax import (circuit, crossbar, data, experiment, models, optim,
+                   periphery)
 from rxjax import nn as rnn
 from rxjax import validate
 
@@ -252,6 +257,50 @@ def mlp(config, repeats):
           "mlp_txsim_steps_epoch_s": t_steps}
 
 
+def read_floor(model, variables, x, chips, spec):
+  """What one read of every layer must compute, as bare kernels.
+
+  Each multiply-accumulate of the network is done once per input pass,
+  input cycle, weight slice and polarity (RxNN V-A: bit-serial inputs,
+  sliced weights, differential pairs), over the layer's own fan-in and
+  fan-out (no tile padding): per layer one GEMM `[C Q R, K] @ [K, S P F]`
+  (`R` the layer's input rows: batch x output positions) of random input
+  bits with random conductances.
+
+  Returns:
+    `(products, args, macs, digital_macs)`: a jitted function of `args`
+    that computes the products (reduced by a max over each row, which XLA
+    cannot fold into the GEMM), the products' multiply-accumulates and the
+    digital layers' (`R K F`). The ADCs, the shift-and-add and the DAC's
+    bit extraction are left out: a lower bound of the read on this CPU.
+  """
+  _, inter = model.apply(variables, x, capture_intermediates=True,
+                         mutable=["intermediates"])
+  inter = inter["intermediates"]
+  c = periphery.n_cycles(spec.dac) * spec.periphery.inputs.n_passes
+  d = spec.device
+  key = jax.random.key(0)
+  args, macs, digital_macs = [], 0, 0
+  for name in sorted(chips):
+    chip = chips[name]["chip"]
+    g, s, p = chip.g.shape[:3]
+    assert g == 1, (name, chip.g.shape)  # One conv group (LeNet-5).
+    rows = math.prod(inter[name]["__call__"][0].shape[:-1])
+    k_in, f = chip.fan_in, chip.fan_out
+    key, kb, kg = jax.random.split(key, 3)
+    bits = jax.random.bernoulli(kb, 0.5, (c, rows, k_in)).astype(jnp.float32)
+    cond = jax.random.uniform(kg, (k_in, s * p * f), jnp.float32, d.g_min,
+                              d.g_max)
+    args.append((bits, cond))
+    macs += c * rows * k_in * s * p * f
+    digital_macs += rows * k_in * f
+
+  def products(args):
+    return [(b.reshape(-1, b.shape[-1]) @ g).max(-1) for b, g in args]
+
+  return jax.jit(products), args, macs, digital_macs
+
+
 def retrain(repeats):
   """LeNet-5 at batch 128 re-training steps on the main job's chip, in
   turns: digital, straight-through, circuit, circuit_interpolated."""
@@ -293,6 +342,9 @@ def retrain(repeats):
   steps["straight_through_forward"] = (forward, (state["variables"], chips,
                                                  x))
   steps["digital_forward"] = (jax.jit(model.apply), (state["variables"], x))
+  products, floor_args, floor_macs, digital_macs = read_floor(
+      model, state["variables"], x, chips, spec)
+  steps["read_floor"] = (products, (floor_args,))
   timed = common.in_turns(steps, repeats=repeats)
   ms = {k: t * 1e3 for k, (t, _) in timed.items()}
   cores = {k: c for k, (_, c) in timed.items()}
@@ -303,7 +355,8 @@ def retrain(repeats):
   goals = {"straight_through": "<= 3x", "circuit": "<= 10x"}
   for k in ("digital", "straight_through", "circuit",
             "circuit_interpolated", "solve", "solve_and_vjp",
-            "digital_forward", "straight_through_forward"):
+            "digital_forward", "straight_through_forward",
+            "read_floor"):
     goal = f", goal {goals[k]}" if k in goals else ""
     print(f"  {k}: {ms[k]:.1f} ms ({ratio[k]:.2f}x digital{goal}; "
           f"{cores[k]:.2f} cores busy)", flush=True)
@@ -321,7 +374,12 @@ def retrain(repeats):
         f"{solve_flops / 1e9:.1f} GFLOP forward "
         f"({solve_flops / digital_flops:.0f}x the digital step), before "
         "their VJP", flush=True)
+  print(f"  read floor: {floor_macs / 1e9:.2f} G multiply-accumulates per "
+        f"read of the network (every MAC x input cycles x slices x "
+        f"polarities, no tile padding) against the digital forward pass's "
+        f"{digital_macs / 1e9:.3f} G", flush=True)
   return {"retrain_tiles": int(tiles.shape[0]),
+          "retrain_read_floor_gmac": floor_macs / 1e9,
           "retrain_digital_gflop": digital_flops / 1e9,
           "retrain_solve_gflop": solve_flops / 1e9,
           **{f"retrain_{k}_ms": v for k, v in ms.items()},

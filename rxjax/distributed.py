@@ -16,7 +16,9 @@ This module owns
   loads, and the padding that keeps every batch the same shape on every
   process (so every process runs the same steps);
 * `devices_info` (what `summary.json` records) and `is_main` (process 0
-  writes files and prints).
+  writes files and prints);
+* `Pace`: how far a loop of programs on the mesh may run ahead of the
+  devices (XLA:CPU hangs when it runs too far: see there).
 
 It does not choose what is sharded (that is the caller's: chips, tiles or
 the batch) and never runs at import: nothing here changes the process until
@@ -25,6 +27,7 @@ a function is called (STYLE: host setup lives in the program).
 
 from __future__ import annotations
 
+import collections
 import socket
 import sys
 import time
@@ -189,6 +192,14 @@ def replicate(tree, mesh: Mesh):
   return jax.tree.unflatten(treedef, out)
 
 
+def to_host(x: jax.Array, mesh: Mesh) -> np.ndarray:
+  """The whole value of a global array on `mesh` as a NumPy array, on every
+  process (one all-gather where `x` is split over the devices)."""
+  if not x.is_fully_replicated:
+    x = jax.jit(lambda a: a, out_shardings=replicated(mesh))(x)
+  return np.asarray(x)
+
+
 def mesh_size(mesh: Mesh) -> int:
   return int(mesh.devices.size)
 
@@ -292,3 +303,44 @@ def on_mesh(tree, mesh: Mesh):
          for x in leaves):
     return tree
   return replicate(tree, mesh)
+
+
+# Programs a host loop may have dispatched and not finished (`Pace`).
+IN_FLIGHT = 4
+
+
+class Pace:
+  """Bounds how far a host loop of programs on the mesh runs ahead.
+
+  `pace(out)` after dispatching each step (any output of it) waits for the
+  step `depth` steps back to finish, so at most `depth + 1` steps are ever
+  in flight; the devices still have the next steps queued and do not idle.
+
+  Why (issue 17, docs/distributed.md): JAX dispatches asynchronously, so a
+  loop that does not read its results enqueues every step at once. XLA's
+  CPU client admits a bounded number of unfinished programs per device
+  (32), and the dispatch of one more blocks a thread of the client's worker
+  pool (which has only max(cores, devices) threads) until an earlier
+  program finishes; the same pool runs each device's part of every
+  multi-device program. With a collective in the programs (an all-gather,
+  the all-reduce of a data-parallel gradient), one worker can then run
+  device 0's part, waiting at the rendezvous for device 1's part, while the
+  other worker waits in that dispatch, and device 1's part is never given a
+  thread: the process hangs with the machine idle (2 CPU devices on 2
+  cores). A loop that never has more than a few programs in flight never
+  reaches that window.
+  """
+
+  def __init__(self, depth: int = IN_FLIGHT):
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+      raise ValueError(f"`depth` must be an int >= 0, got {depth!r}")
+    self.depth = depth
+    self._queue = collections.deque()
+
+  def __call__(self, out):
+    """Records `out` (an output of the step just dispatched) and waits for
+    the one `depth` steps back; returns `out`."""
+    self._queue.append(out)
+    while len(self._queue) > self.depth:
+      jax.block_until_ready(self._queue.popleft())
+    return out

@@ -217,6 +217,50 @@ def test_analog_pair_subtraction_matches_numpy():
   assert float(jnp.abs(y - y_dig).max()) > 1e-3 * float(jnp.abs(y).max())
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_partly_filled_last_tiles_read_matches_numpy(monkeypatch, split):
+  """Digital pairs, two slices, two input cycles, 6-bit ADCs with per-column
+  offsets and gains, a 13 x 9 layer on 8 x 6 tiles: the last tile row
+  carries 5 of its 8 rows and the last tile column 3 of its 6 columns,
+  which the read leaves out (`reads._read_forward`). NumPy reads every
+  row and column of every tile from the chip's G_eff, padding included,
+  and discards the padding columns' readings; jointly and with the two
+  polarities in separate scans."""
+  spec = _small_tiles(ChipSpec(
+      wires=RERAM_WIRES, inputs="non_negative",
+      mapping=dataclasses.replace(ChipSpec().mapping, weight_bits=4),
+      dac=periphery.DACSpec(input_bits=4, dac_bits=2),
+      adc=periphery.ADCSpec(bits=6, offset_sigma=0.01, gain_sigma=0.02)))
+  x, w = _data(12, 4, 13, 9, signed=False)
+  chip = crossbar.calibrate(
+      crossbar.program(w, spec, key=jax.random.key(6)), x, spec)
+  if split:
+    monkeypatch.setattr(crossbar.reads, "SPLIT_CURRENTS", 0)
+  y = crossbar.read(x, chip, spec)
+
+  g_eff = np.asarray(chip.g_eff)  # [S, P, Tr, Tc, M, N]
+  s, p, tr, tc, m, n = g_eff.shape
+  assert (s, p, tr, tc) == (2, 2, 2, 2)
+  x01 = np.pad(np.asarray(x) / float(chip.x_scale), [(0, 0), (0, tr * m - 13)])
+  u = np.asarray(periphery.stream(x01, spec.dac))  # [C, B, Tr M]
+  v = u.reshape(u.shape[:2] + (tr, m)) * spec.dac.v_read
+  i = np.einsum("cbrm,sprtmn->cbsprtn", v, g_eff)
+  fs = float(chip.adc_full_scale)
+  offset, gain = np.asarray(chip.adc_offset), np.asarray(chip.adc_gain)
+  assert np.abs(offset).max() > 0 and np.abs(gain).max() > 0
+  z = np.clip(i / fs * (1 + gain) + offset, 0, 1)
+  q = np.round(z * 63) / 63 * fs
+  cw = periphery.cycle_weights(spec.dac)
+  sw = mapping.slice_weights(spec.mapping, spec.device)
+  acc = np.einsum("cbsprtn,c,s->bptn", q, cw, sw)
+  d = spec.device
+  ref = ((acc[:, 0] - acc[:, 1]).reshape(4, -1)[:, :9]
+         / (spec.dac.v_read * (d.g_max - d.g_min))
+         * float(chip.x_scale * chip.w_scale))
+  np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-12)
+  assert float(jnp.abs(y - x @ w).max()) > 1e-3  # A non-ideal read.
+
+
 @pytest.mark.parametrize("dac_model", ["ideal", "divider"])
 def test_polarity_split_read_equals_the_joint_read(monkeypatch, dac_model):
   """Large digital-pair reads run the two polarities as separate scans

@@ -164,6 +164,64 @@ def four_devices():
   return json.loads(line[-1][len("RESULT "):])
 
 
+# Issue 17: 32 chips sharded over 2 CPU devices (16 each) on many small
+# test batches, the loop that hung (docs/distributed.md), against the same
+# chips on a 1-device mesh of the same process. XLA aborts a collective
+# that waits more than 60 s (the flags below), so a hang fails the test
+# within the subprocess timeout instead of stalling the suite.
+_TWO = r'''
+import json, os, sys
+import jax
+jax.config.update("jax_enable_x64", True)
+sys.path.insert(0, os.getcwd())
+from configs import lenet_mnist
+from rxjax import experiment
+assert jax.device_count() == 2, jax.devices()
+
+def config(n):
+  c = lenet_mnist.get_config()
+  c.model, c.dataset, c.num_devices = "mlp", "digits", n
+  c.chip.tile_size = 16
+  c.eval.calibration_size = 64
+  return c
+
+run2, run1 = experiment.setup(config(2)), experiment.setup(config(1))
+variables = experiment.init_variables(run2.model, run2.data.x_train, 0)
+spec = experiment.chip_spec(config(2).chip)
+key = jax.random.key(11)
+out = {}
+for name, run in (("two", run2), ("one", run1)):
+  # batch_size 96: 6 test images per call on 16 chips a device, 60 calls.
+  out[name] = experiment.evaluate_chips(run, variables, spec, key=key, n=32,
+                                        batch_size=96)["accuracies"]
+out["single"] = [experiment.evaluate_on_chip(
+    run1, variables, spec, key=jax.random.fold_in(key, i)) for i in (0, 31)]
+out["batches"] = -(-len(run2.data.y_test) // 6)
+print("RESULT " + json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_32_sharded_chips_on_two_devices_finish_and_equal_one_device():
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if "collective" not in f]
+  flags += ["--xla_cpu_collective_timeout_seconds=60",
+            "--xla_cpu_collective_call_terminate_timeout_seconds=60"]
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", PYTHONPATH=ROOT,
+             XLA_FLAGS=" ".join(flags))
+  proc = subprocess.run([sys.executable, "-c", _TWO], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  r = json.loads(line[-1][len("RESULT "):])
+  assert r["batches"] >= 40  # Far more calls than XLA's 32 in flight.
+  assert len(r["two"]) == len(r["one"]) == 32
+  np.testing.assert_allclose(r["two"], r["one"], atol=1e-12)
+  np.testing.assert_allclose([r["two"][0], r["two"][31]], r["single"],
+                             atol=1e-12)
+  assert len(set(r["one"])) > 1  # The chips differ: keys are per chip.
+
+
 def _accuracies(summary):
   flat = {"fp32": summary["fp32"], "chips.mean": summary["chips"]["mean"]}
   flat.update({f"chips.{i}": a
@@ -284,3 +342,26 @@ def test_distributed_settings_are_checked_before_joining():
                            num_processes=2, process_id=2)
   with pytest.raises(ValueError, match="need"):
     distributed.initialize(num_processes=2, process_id=1)
+
+
+def test_pace_waits_for_the_step_depth_back():
+  """`distributed.Pace(2)`: after step i is dispatched, every step up to
+  i - 2 has been waited for, and no later one (issue 17: a loop that runs
+  far ahead of XLA:CPU's devices hangs)."""
+  waited = []
+
+  class Step:
+
+    def __init__(self, i):
+      self.i = i
+
+    def block_until_ready(self):
+      waited.append(self.i)
+      return self
+
+  pace = distributed.Pace(2)
+  for i in range(6):
+    assert pace(Step(i)).i == i
+    assert waited == list(range(max(0, i - 1))), (i, waited)
+  with pytest.raises(ValueError, match="`depth` must be an int >= 0"):
+    distributed.Pace(-1)

@@ -5,6 +5,7 @@ subtraction and the digital sums (`read`, forward and transposed), and
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -105,7 +106,9 @@ def input_levels(x, chip: Chip, spec: ChipSpec):
   return q.reshape(q.shape[:-1] + (tr, m))
 
 
-def scan_tile_rows(q, chip: Chip, spec: ChipSpec, reduce, init, g_eff=None):
+def scan_tile_rows(q, chip: Chip, spec: ChipSpec, reduce, init, g_eff=None,
+                   *, last_rows: int | None = None,
+                   columns: int | None = None, cycles_at_once: bool = False):
   """Column currents of one fan-in tile row and input cycle at a time.
 
   The DAC (this cycle's digits of the input levels), the per-tile products
@@ -119,9 +122,20 @@ def scan_tile_rows(q, chip: Chip, spec: ChipSpec, reduce, init, g_eff=None):
     chip: the programmed layer.
     spec: its spec.
     reduce: `(acc, i, r, c) -> acc` with `i` the currents `[Q, B, S, P, Tc,
-      N]` (amperes) of tile row `r` in input cycle `c`.
+      N]` (amperes) of tile row `r` in input cycle `c` (`[Q, B, S, P,
+      columns]` with `columns`).
     init: initial accumulator.
     g_eff: overrides `chip.g_eff` (read noise, `one_product_per_pair`).
+    last_rows: drive only the first `last_rows` rows of the last tile row
+      (the rest carry no input: zero-padded past the fan-in), or None: all.
+      Only for a drive whose row voltages do not couple the rows.
+    columns: compute only the first `columns` of the `Tc N` columns of a
+      tile row (the tile columns side by side), or None: all. Only for a
+      drive whose row voltages do not depend on the columns' loads.
+    cycles_at_once: compute the currents of all input cycles of a tile row
+      in one product (`[C, Q, B, ...]`, then reduced cycle by cycle in
+      order) instead of one cycle at a time; for a batch small enough that
+      they stay cache-sized.
   """
   g_eff = chip.g_eff if g_eff is None else g_eff
   dac = spec.dac
@@ -129,6 +143,8 @@ def scan_tile_rows(q, chip: Chip, spec: ChipSpec, reduce, init, g_eff=None):
   load = nominal_load(spec)
   c_total, tr = periphery.n_cycles(dac), q.shape[2]
   g_rows = jnp.transpose(g_eff, (2, 4, 0, 1, 3, 5))  # [Tr, M, S, P, Tc, N]
+  if columns is not None:  # [Tr, M, S, P, columns]
+    g_rows = g_rows.reshape(g_rows.shape[:4] + (-1,))[..., :columns]
 
   def step(acc, u_rc, g_r, r, c):
     y_r = None if chip.y_port is None else jnp.moveaxis(chip.y_port, 2, 0)[r]
@@ -140,13 +156,30 @@ def scan_tile_rows(q, chip: Chip, spec: ChipSpec, reduce, init, g_eff=None):
     q_r, g_r, r = xs  # [Q, B, M], [M, S, P, Tc, N]
     if c_total == 1:
       return step(acc, periphery.stream_cycle(q_r, 0, dac), g_r, r, 0), None
+    if cycles_at_once:  # One product for every cycle, reduced in order.
+      u = jnp.stack([periphery.stream_cycle(q_r, c, dac)
+                     for c in range(c_total)])
+      y_r = None if chip.y_port is None else jnp.moveaxis(chip.y_port, 2,
+                                                          0)[r]
+      i = drive.currents(u, g_r, driven_first=True, nominal_load=load,
+                         y_port=y_r)
+      for c in range(c_total):
+        acc = reduce(acc, i[c], r, c)
+      return acc, None
     cycle = lambda acc, c: (step(acc, periphery.stream_cycle(q_r, c, dac),
                                  g_r, r, c), None)
     acc, _ = jax.lax.scan(cycle, acc, jnp.arange(c_total))
     return acc, None
 
-  acc, _ = jax.lax.scan(tile_row, init,
-                        (jnp.moveaxis(q, 2, 0), g_rows, jnp.arange(tr)))
+  q = jnp.moveaxis(q, 2, 0)  # [Tr, Q, B, M]
+  full = tr if last_rows is None or last_rows == q.shape[-1] else tr - 1
+  acc = init
+  if full:
+    acc, _ = jax.lax.scan(tile_row, acc,
+                          (q[:full], g_rows[:full], jnp.arange(full)))
+  if full < tr:  # The last tile row, its undriven rows left out.
+    acc, _ = tile_row(acc, (q[-1, ..., :last_rows], g_rows[-1, :last_rows],
+                            jnp.asarray(tr - 1)))
   return acc
 
 
@@ -213,7 +246,7 @@ def _read_forward(x, chip: Chip, spec: ChipSpec, key):
   g_eff = one_product_per_pair(g_eff, spec)
   levels = input_levels(x, chip, spec)
   q, b = levels.shape[:2]
-  s, p, _, tc, _, n = chip.g.shape
+  s, p, tr, tc, m, n = chip.g.shape
   dtype = chip.g.dtype
   cw = jnp.asarray(periphery.cycle_weights(spec.dac), dtype)
   sw = [float(k) for k in mapping_lib.slice_weights(spec.mapping,
@@ -222,6 +255,24 @@ def _read_forward(x, chip: Chip, spec: ChipSpec, key):
   differential = spec.mapping.signed == "differential"
   per = spec.periphery
   adc = per.pairs.adc
+  # What `trim` does for one tile row or column, for the last of several:
+  # the rows of the last tile row past the fan-in are driven at 0 V and add
+  # no current (unless the exact DAC couples the rows), and the columns of
+  # the last tile column past the fan-out are read for nothing (their
+  # currents are discarded, each column has its own ADC, and a
+  # load-independent DAC does not see them). LeNet-5's second convolution
+  # (150 x 16 on three 64 x 64 tile rows) then reads 150 rows, not 192.
+  last_rows = None
+  if tr > 1 and not per.drive.uses_port_admittance:
+    last_rows = chip.fan_in - (tr - 1) * m
+  columns = None
+  if (tc > 1 and differential and not per.drive.load_dependent
+      and chip.fan_out < tc * n):
+    columns = chip.fan_out
+    flat = lambda a: None if a is None else a.reshape(
+        a.shape[:3] + (-1,))[..., :columns]
+    offsets, gains = flat(offsets), flat(gains)  # [Tr, S, P, columns]
+  cols = (tc, n) if columns is None else (columns,)
 
   def reducer(offsets, gains, sign):
     def reduce(acc, i, r, c):
@@ -242,13 +293,22 @@ def _read_forward(x, chip: Chip, spec: ChipSpec, key):
       return acc + i
     return reduce
 
-  init = jnp.zeros((q, b, tc, n) if differential else (q, b, p, tc, n), dtype)
+  init = jnp.zeros((q, b) + cols if differential else (q, b, p) + cols,
+                   dtype)
+  trimmed = dict(last_rows=last_rows, columns=columns)
   # Only pairs digitized crossbar by crossbar can be read one polarity at a
   # time (and only by a drive that needs no per-chip port admittance).
   split = (differential and per.pairs.separate_adcs
            and not per.drive.uses_port_admittance
-           and q * b * s * p * tc * n > SPLIT_CURRENTS)
-  if split:
+           and q * b * s * p * math.prod(cols) > SPLIT_CURRENTS)
+  c_total = periphery.n_cycles(spec.dac)
+  if c_total > 1 and c_total * q * b * s * p * math.prod(cols) <= (
+      SPLIT_CURRENTS):
+    # Few enough currents (a dense layer's batch): every cycle of a tile
+    # row in one product, one scan step per tile row.
+    acc = scan_tile_rows(levels, chip, spec, reducer(offsets, gains, 1.0),
+                          init, g_eff=g_eff, cycles_at_once=True, **trimmed)
+  elif split:
     # The two crossbars of a pair are digitized separately, so they can be
     # read one after the other: each scan step's currents are then half
     # as large and stay in cache between the product and the ADC.
@@ -258,10 +318,11 @@ def _read_forward(x, chip: Chip, spec: ChipSpec, key):
       take = lambda a: None if a is None else a[:, :, pol:pol + 1]
       acc = scan_tile_rows(levels, chip, spec,
                             reducer(take(offsets), take(gains), sign), acc,
-                            g_eff=g_eff[:, pol:pol + 1])
+                            g_eff=g_eff[:, pol:pol + 1], **trimmed)
   else:
     acc = scan_tile_rows(levels, chip, spec,
-                          reducer(offsets, gains, 1.0), init, g_eff=g_eff)
+                          reducer(offsets, gains, 1.0), init, g_eff=g_eff,
+                          **trimmed)
   d = spec.device
   acc = acc / (spec.dac.v_read * (d.g_max - d.g_min))
   if differential:

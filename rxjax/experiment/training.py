@@ -234,6 +234,10 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     program = functools.partial(program_fn(model, spec, mesh), key=chip_key)
   progress = Progress(phase, (epochs - start) * steps_per_epoch)
   log_every = config.log_every_steps
+  # Every data-parallel step has an all-reduce: the loop stays at most a
+  # few steps ahead of the devices (`distributed.Pace`: XLA:CPU hangs when
+  # it runs far ahead).
+  pace = distributed.Pace()
   for epoch in range(start, epochs):
     key = keys.epoch_key(config.seed, epoch)
     chips = None
@@ -247,7 +251,7 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
         state, chips, loss, acc = exact_step(state, chip_key, x, y)
       else:
         state, chips, loss, acc = step(state, chips, x, y)
-      losses.append(loss)
+      losses.append(pace(loss))
       accs.append(acc)
       progress.update(loss=loss)
       if log_every and (i + 1) % log_every == 0:
