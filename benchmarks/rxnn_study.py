@@ -199,13 +199,13 @@ def describe_common(config) -> str:
 class Network:
   """Trains (or resumes) one network and evaluates it on chips, cached."""
 
-  def __init__(self, plan: Plan, args, times: dict, used: set):
-    self.plan, self.times, self.used = plan, times, used
-    self.config = network_config(plan, args.seed)
+  def __init__(self, plan: Plan, args, seed: int, times: dict, used: set):
+    self.plan, self.times, self.used, self.seed = plan, times, used, seed
+    self.config = network_config(plan, seed)
     self.wd = experiment.Workdir(
         os.path.join(args.workdir, ("quick_" if args.quick else "")
                      + plan.model + ("_cifar10" if plan.data_dir else "")
-                     + (f"_s{args.seed}" if args.seed else "")),
+                     + (f"_s{seed}" if seed else "")),
         self.config)
     self.run = experiment.setup(self.config)
     data = self.run.data
@@ -218,10 +218,11 @@ class Network:
     self.n_test, self.n_test_all = len(data.y_test), n_test
     self.data_name = data.name
     self.key = jax.random.key(self.config.seed)
-    print(f"\n== {plan.title} on {data.name}: {len(data.y_train)} train, "
+    print(f"\n== {plan.title}, seed {seed}, on {data.name}: "
+          f"{len(data.y_train)} train, "
           f"{self.n_test} of {n_test} test images; work dir {self.wd.path}",
           flush=True)
-    self.variables = self.timed(f"{plan.model}/train", lambda: (
+    self.variables = self.timed(self.times_key("train"), lambda: (
         experiment.train(self.config, self.run, self.wd, phase="digital",
                          epochs=plan.epochs,
                          learning_rate=self.config.learning_rate)))
@@ -233,6 +234,10 @@ class Network:
     self.times.setdefault(name, dt)  # The first (computing) run's time.
     self.used.add(name)
     return out
+
+  def times_key(self, name):
+    return f"{self.plan.model}" + (f"_s{self.seed}" if self.seed else "") \
+        + f"/{name}"
 
   def result(self, name: str, compute):
     """`compute()` once per work directory; prints value and time."""
@@ -247,8 +252,8 @@ class Network:
     value = self.wd.result(name, once)
     dt = time.perf_counter() - t
     if computed:
-      self.times[f"{self.plan.model}/{name}"] = dt
-    self.used.add(f"{self.plan.model}/{name}")
+      self.times[self.times_key(name)] = dt
+    self.used.add(self.times_key(name))
     shown = value["mean"] if isinstance(value, dict) else value
     print(f"  {name}: {shown:.4f} "
           f"({f'{dt:.1f} s' if computed else 'cached'})", flush=True)
@@ -311,7 +316,7 @@ class Network:
     return self.result(name, compute)
 
   def retrain(self, device, size, learning_rate=None, gain="none",
-              adc_range="calibrated"):
+              adc_range="calibrated", backward="straight_through"):
     plan = self.plan
     run = self.run
     if plan.retrain_size and plan.retrain_size < len(run.data.y_train):
@@ -329,11 +334,13 @@ class Network:
       phase += f"_gain{gain}"
     if adc_range != "calibrated":
       phase += f"_adc{adc_range}"
+    if backward != "straight_through":
+      phase += f"_bw{backward}"
     spec = self.spec(device, size).replace(gain_correction=gain,
                                            adc_range=adc_range)
-    variables = self.timed(f"{plan.model}/{phase}", lambda: experiment.train(
+    variables = self.timed(self.times_key(phase), lambda: experiment.train(
         self.config, run, self.wd, phase=phase, epochs=plan.retrain_epochs,
-        learning_rate=lr, spec=spec, init=self.variables))
+        learning_rate=lr, spec=spec, init=self.variables, backward=backward))
     return phase, n, variables
 
 
@@ -344,7 +351,8 @@ class Network:
 def row(net: Network, figure, step, chip, acc, fp32, *, tile="", device="",
         variation="", n_chips=1, std=None):
   return {
-      "network": net.plan.title, "data": net.data_name, "figure": figure,
+      "network": net.plan.title, "seed": net.seed, "data": net.data_name,
+      "figure": figure,
       "step": step, "chip": chip, "tile_size": tile, "device": device,
       "variation": variation, "n_chips": n_chips,
       "test_images": net.n_test, "accuracy": acc,
@@ -353,7 +361,10 @@ def row(net: Network, figure, step, chip, acc, fp32, *, tile="", device="",
       "logit_residual": ""}
 
 
-def study(net: Network) -> list[dict]:
+def study(net: Network, backwards=("straight_through",),
+          fig15=None) -> list[dict]:
+  """One seed's rows. `fig15`: (device tag, tile size) re-trained on; None:
+  the non-ideal chip of fig. 12a with the largest loss."""
   plan, rows = net.plan, []
   fp32 = net.fp32()
   rows.append(row(net, "12a/14", "fp32", "none (digital, float32)", fp32,
@@ -415,6 +426,12 @@ def study(net: Network) -> list[dict]:
     sweep = [(r["accuracy"], -int(r["tile_size"]), r) for r in rows
              if r["figure"] == "12a" and r["step"].startswith("non-ideal")]
     _, _, worst = min(sweep, key=lambda t: t[:2])
+    if fig15 is not None:
+      worst = next(r for r in rows if r["figure"] == "12a"
+                   and r["step"].startswith("non-ideal")
+                   and r["device"] == next(d.label for d in DEVICES
+                                           if d.tag == fig15[0])
+                   and int(r["tile_size"]) == fig15[1])
     device = next(d for d in DEVICES if d.label == worst["device"])
     size = int(worst["tile_size"])
     rows.append(row(net, "15", "before re-training (worst chip)",
@@ -438,45 +455,105 @@ def study(net: Network) -> list[dict]:
                       variation=0))
     lrs = (net.config.retrain.learning_rate,) + plan.retrain_extra_lrs
     # Without the correction (rxjax's old re-training) at the config's rate;
-    # with the per-column gain alone at it; with the default calibration
-    # (gain and fitted ADC ranges) at every rate.
-    runs = ([("none", "calibrated", lrs[0])]
-            + ([(gain, "calibrated", lrs[0])] if adc_range != "calibrated"
-               else []) + [(gain, adc_range, lr) for lr in lrs])
-    for g, r, lr in runs:
+    # with the default calibration (gain and fitted ADC ranges) at it with
+    # every backward (`retrain.backward`), and straight-through at the
+    # smaller rates. (The per-column gain alone is in retrain_study.py.)
+    runs = ([("none", "calibrated", lrs[0], "straight_through")]
+            + [(gain, adc_range, lrs[0], b) for b in backwards]
+            + [(gain, adc_range, lr, "straight_through") for lr in lrs[1:]])
+    for g, r, lr, b in runs:
       phase, n, variables = net.retrain(device, size, lr, gain=g,
-                                        adc_range=r)
+                                        adc_range=r, backward=b)
+      what = f"lr {lr:g}, gain {g}, {r} ADC ranges, {b} backward"
       how = (f"{plan.retrain_epochs} epoch(s) on {n} training images "
              f"({plan.retrain_epochs * -(-n // net.config.batch_size)} "
              f"steps), Adam lr {lr:g} cosine, gain correction {g}, {r} ADC "
-             "ranges, chip programmed and calibrated exactly each epoch")
+             f"ranges, {b} backward, chip programmed and calibrated exactly "
+             "each epoch")
       acc = net.on_chip(f"{phase}/nonideal",
                         net.spec(device, size).replace(gain_correction=g,
                                                        adc_range=r),
                         size, variables=variables)
-      rows.append(row(net, "15",
-                      f"after RxNN re-training, lr {lr:g}, gain {g}, "
-                      f"{r} ADC ranges",
+      rows.append(row(net, "15", f"after RxNN re-training, {what}",
                       f"{worst['chip']}; re-trained {how}", acc, fp32,
                       tile=size, device=device.label, variation=0))
       acc = net.fp32(variables, name=f"{phase}/fp32")
-      rows.append(row(net, "15",
-                      f"re-trained (lr {lr:g}, gain {g}, {r} ADC ranges) "
-                      "network, fp32",
+      rows.append(row(net, "15", f"re-trained ({what}) network, fp32",
                       "none (digital); the network re-trained for "
                       f"{worst['chip']}", acc, fp32))
   return rows
 
 
 # ---------------------------------------------------------------------------
+# Seeds.
+
+# What one measurement is, whichever seed made it.
+KEY = ("network", "figure", "step", "chip", "tile_size", "device",
+       "variation")
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+  """One row per measurement: mean and sample std (ddof 1) over its seeds.
+
+  `rows` holds every seed's rows; the result keeps their first order.
+  `accuracy`, `delta_vs_fp32_pp` and the logit gain / residual become means
+  over seeds, `seed_std` the sample standard deviation of the accuracy (""
+  with one seed), `per_seed` the seeds' accuracies and `std` (the spread
+  over chip instances within a seed, fig. 14's variation rows) its mean.
+  """
+  groups: dict[tuple, list[dict]] = {}
+  for r in rows:
+    groups.setdefault(tuple(r[k] for k in KEY), []).append(r)
+  out = []
+  for rs in groups.values():
+    acc = np.array([r["accuracy"] for r in rs], dtype=np.float64)
+    a = dict(rs[0])
+    a.update(
+        seed="mean", seeds=" ".join(str(r["seed"]) for r in rs),
+        n_seeds=len(rs), accuracy=float(acc.mean()),
+        seed_std=float(acc.std(ddof=1)) if len(rs) > 1 else "",
+        per_seed=" / ".join(f"{x:.4f}" for x in acc),
+        delta_vs_fp32_pp=float(np.mean([r["delta_vs_fp32_pp"] for r in rs])))
+    for k in ("std", "logit_gain", "logit_residual"):
+      if rs[0][k] != "":
+        a[k] = float(np.mean([r[k] for r in rs]))
+    out.append(a)
+  return out
+
+
+# ---------------------------------------------------------------------------
 # Outputs.
 
 
-def fmt(acc, fp32):
-  return f"{acc:.4f} ({100 * (acc - fp32):+.1f})"
+def fmt(r, fp32, digits=4):
+  """`mean +- seed std (change from fp32 in points)` of an aggregated row."""
+  s = f"{r['accuracy']:.{digits}f}"
+  if r["seed_std"] != "":
+    s += f" +- {r['seed_std']:.{digits}f}"
+  return s + f" ({100 * (r['accuracy'] - fp32):+.1f})"
+
+
+def recovered(r, before, fp32):
+  """The share of `before`'s loss against fp32 that row `r` wins back."""
+  loss = fp32 - before["accuracy"]
+  if loss <= 0:
+    return "-"
+  return f"{100 * (r['accuracy'] - before['accuracy']) / loss:.0f}%"
+
+
+def firsts(nets):
+  """One network per plan (the first seed's): titles, data, config."""
+  seen = {}
+  for net in nets:
+    seen.setdefault(net.plan.model, net)
+  return list(seen.values())
 
 
 def markdown(nets, rows, command, wall, compute) -> str:
+  """`rows`: aggregated (`aggregate`)."""
+  seeds = {n.plan.model: [m.seed for m in nets if m.plan.model == n.plan.model]
+           for n in nets}
+  nets = firsts(nets)
   lines = ["# RxNN figures 12(a), 14, 15 on rxjax: LeNet-5 and the ConvNet",
            "", f"Made by `{command}` (`benchmarks/rxnn_study.py`).", ""]
   for net in nets:
@@ -485,6 +562,7 @@ def markdown(nets, rows, command, wall, compute) -> str:
     if p.model == "convnet" and p.dataset != "cifar10":
       note = (" **(not CIFAR-10: no `--data_dir` was given, so the CIFAR "
               "ConvNet runs on the bundled MNIST digits, 1 x 28 x 28)**")
+    s = seeds[p.model]
     lines.append(
         f"- {p.title}: {net.data_name}, {len(net.run.data.y_train)} train "
         f"images, {p.epochs} digital epochs (Adam, cosine, "
@@ -492,24 +570,29 @@ def markdown(nets, rows, command, wall, compute) -> str:
         f"{net.n_test_all} test images{note}; chips calibrated on "
         f"{p.calibration_size} training images, inputs {p.inputs}"
         + (" (ip2 reads ip1's signed outputs: two input passes)"
-           if p.inputs == "signed" else " (one input pass)") + ".")
+           if p.inputs == "signed" else " (one input pass)")
+        + f"; seeds {', '.join(map(str, s))} (each: its own digital "
+        "training, data order and chip instances)" + ".")
   lines += ["", f"All chips: {describe_common(nets[0].config)}. Accuracies "
-            "are fractions of the test images; in brackets the change from "
-            "fp32 in percentage points. Cross-ideal = the same chip with "
-            "precision only (`nn.mode_spec('ideal', spec)`).", ""]
+            "are fractions of the test images, mean +- sample std over the "
+            "seeds; in brackets the change from fp32 in percentage points. "
+            "Cross-ideal = the same chip with precision only "
+            "(`nn.mode_spec('ideal', spec)`).", ""]
   sizes = sorted({int(r["tile_size"]) for r in rows if r["figure"] == "12a"})
   for net in nets:
     mine = [r for r in rows if r["network"] == net.plan.title]
-    fp32 = mine[0]["accuracy"]
+    fp32r = mine[0]
+    fp32 = fp32r["accuracy"]
     lines += [f"## Fig. 12(a): {net.plan.title} on {net.data_name}, accuracy "
               "vs crossbar size", "",
               "| chip | " + " | ".join(f"Cross{s}" for s in sizes) + " |",
               "|---" * (len(sizes) + 1) + "|",
               "| fp32 (digital, no chip) | " + " | ".join(
-                  f"{fp32:.4f}" for _ in sizes) + " |"]
+                  fmt(fp32r, fp32).rsplit(" (", 1)[0] for _ in sizes)
+              + " |"]
     for step in ["Cross-ideal (precision only)"] + [
         f"non-ideal, {d.label}" for d in DEVICES]:
-      cells = {int(r["tile_size"]): r["accuracy"] for r in mine
+      cells = {int(r["tile_size"]): r for r in mine
                if r["figure"] == "12a" and r["step"] == step}
       if not cells:
         continue
@@ -518,6 +601,12 @@ def markdown(nets, rows, command, wall, compute) -> str:
                step + ", wires on, no variation")
       lines.append(f"| {label} | " + " | ".join(
           fmt(cells[s], fp32) if s in cells else "-" for s in sizes) + " |")
+    lines += ["", "Per seed (" + ", ".join(
+        f"seed {s}" for s in seeds[net.plan.model]) + "):", ""]
+    for r in mine:
+      if r["figure"] in ("12a", "12a/14") and r["n_seeds"] > 1:
+        where = (f"Cross{r['tile_size']} " if r["tile_size"] != "" else "")
+        lines.append(f"- {where}{r['step']}: {r['per_seed']}")
     lines.append("")
   for net in nets:
     mine = [r for r in rows if r["network"] == net.plan.title
@@ -527,9 +616,9 @@ def markdown(nets, rows, command, wall, compute) -> str:
     lines += [f"{net.plan.title}, why accuracy hardly moves: the chip's "
               "logits against the fp32 logits on the same test images, "
               "`l_chip ~ gain * l_fp32`; gain = least-squares scale, "
-              "residual = relative norm of the rest. The IR drops mostly "
-              "scale the outputs down (argmax ignores that); accuracy "
-              "follows the residual.", "",
+              "residual = relative norm of the rest (means over seeds). The "
+              "IR drops mostly scale the outputs down (argmax ignores "
+              "that); accuracy follows the residual.", "",
               "| chip (non-ideal, no variation) | " + " | ".join(
                   f"Cross{s}" for s in sizes) + " |",
               "|---" * (len(sizes) + 1) + "|"]
@@ -542,33 +631,53 @@ def markdown(nets, rows, command, wall, compute) -> str:
     lines.append("")
   lines += ["## Fig. 14 (non-idealities one at a time, 64 x 64) and fig. 15 "
             "(re-training)", "",
+            "Test accuracy: mean +- sample std over the seeds (variation "
+            "rows: each seed's mean over its chip instances; in brackets "
+            "the std over chip instances, mean over seeds). Recovered: the "
+            "share of the worst chip's loss against fp32 (its \"before\" "
+            "row, means over seeds) that the row wins back.", "",
             "| network | figure | step | chip | test accuracy | vs fp32 "
-            "(pp) |", "|---|---|---|---|---|---|"]
-  for r in rows:
-    if r["figure"] == "12a":
-      continue
-    acc = f"{r['accuracy']:.4f}"
-    if r["std"] != "":
-      acc += f" +- {r['std']:.4f}"
-    lines.append(f"| {r['network']} | {r['figure']} | {r['step']} | "
-                 f"{r['chip']} | {acc} | {r['delta_vs_fp32_pp']:+.1f} |")
+            "(pp) | recovered | per seed |", "|---|---|---|---|---|---|---|---|"]
+  for net in nets:
+    mine = [r for r in rows if r["network"] == net.plan.title]
+    fp32 = mine[0]["accuracy"]
+    before = next((r for r in mine if r["figure"] == "15"), None)
+    for r in mine:
+      if r["figure"] == "12a":
+        continue
+      acc = fmt(r, fp32).rsplit(" (", 1)[0]
+      if r["std"] != "":
+        acc += f" (chips +- {r['std']:.4f})"
+      rec = (recovered(r, before, fp32) if r["figure"] == "15"
+             and r["device"] != "" and r is not before else "")
+      lines.append(f"| {r['network']} | {r['figure']} | {r['step']} | "
+                   f"{r['chip']} | {acc} | {r['delta_vs_fp32_pp']:+.1f} | "
+                   f"{rec} | {r['per_seed']} |")
   lines += ["", f"Wall time of this invocation: {wall:.0f} s; time to "
-            f"compute every result shown, when first computed (summed, "
-            f"compilation included; a rerun reuses them): {compute:.0f} s, on "
-            f"{os.cpu_count()} CPU cores shared with other work.", ""]
+            f"compute every result shown, when first computed (summed over "
+            f"seeds, compilation included; a rerun reuses them): "
+            f"{compute:.0f} s, on {os.cpu_count()} CPU cores shared with "
+            "other work.", ""]
   return "\n".join(lines)
 
 
-def write_csv(path, rows):
+def write_csv(path, seed_rows, rows):
+  """Every seed's rows, then the aggregated ones (seed "mean")."""
+  fields = list(rows[0])
   with open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w = csv.DictWriter(f, fieldnames=fields, restval="")
     w.writeheader()
-    for r in rows:
+    for r in list(seed_rows) + list(rows):
       w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
                   for k, v in r.items()})
 
 
+def err(r):
+  return r["seed_std"] if r["seed_std"] != "" else 0.0
+
+
 def plot_sizes(path, nets, rows):
+  nets = firsts(nets)
   fig, axes = plt.subplots(1, len(nets), figsize=(5.2 * len(nets), 4.0),
                            squeeze=False)
   styles = {"Cross-ideal (precision only)": ("C0", "o"),
@@ -577,27 +686,31 @@ def plot_sizes(path, nets, rows):
   for ax, net in zip(axes[0], nets):
     mine = [r for r in rows if r["network"] == net.plan.title]
     fp32 = mine[0]["accuracy"]
+    n_seeds = mine[0]["n_seeds"]
     sizes = sorted({int(r["tile_size"]) for r in mine if r["figure"] == "12a"})
     ax.axhline(fp32, color="k", ls="--", lw=1, label="fp32")
     for step, (color, marker) in styles.items():
-      pts = sorted((int(r["tile_size"]), r["accuracy"]) for r in mine
+      pts = sorted((int(r["tile_size"]), r["accuracy"], err(r)) for r in mine
                    if r["figure"] == "12a" and r["step"] == step)
       if pts:
-        ax.plot(*zip(*pts), color=color, marker=marker,
-                label=step + ("" if step.startswith("Cross") else
-                              ", no variation"))
+        x, y, e = zip(*pts)
+        ax.errorbar(x, y, yerr=e, color=color, marker=marker, capsize=3,
+                    label=step + ("" if step.startswith("Cross") else
+                                  ", no variation"))
     after = [r for r in mine if r["step"].startswith("after RxNN")]
-    for r, marker in zip(after, "*Pdv"):
-      ax.plot([int(r["tile_size"])], [r["accuracy"]], marker, color="C2",
-              ms=11, label=r["step"].replace("after RxNN re-training",
-                                             "re-trained on that chip"))
+    for r, marker in zip(after, "*PdvX"):
+      ax.errorbar([int(r["tile_size"])], [r["accuracy"]], yerr=[err(r)],
+                  fmt=marker, color="C2", ms=9, capsize=3,
+                  label=r["step"].replace("after RxNN re-training",
+                                          "re-trained on that chip"))
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("crossbar size (rows = columns)")
-    ax.set_ylabel(f"test accuracy ({net.n_test} images)")
+    ax.set_ylabel(f"test accuracy ({net.n_test} images; mean +- std over "
+                  f"{n_seeds} seeds)", fontsize=8)
     ax.set_title(f"{net.plan.title} on {short(net)}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
   fig.suptitle("RxNN fig. 12(a) analogue: accuracy vs crossbar size",
                fontsize=11)
   fig.tight_layout()
@@ -612,10 +725,11 @@ def short(net):
 
 
 def plot_steps(path, nets, rows):
+  nets = firsts(nets)
   bars = max(sum(r["network"] == net.plan.title and r["figure"] != "12a"
                  for r in rows) for net in nets)
   fig, axes = plt.subplots(1, len(nets), figsize=(
-      max(6.0, 0.45 * bars) * len(nets), 5.6), squeeze=False)
+      max(6.0, 0.45 * bars) * len(nets), 6.2), squeeze=False)
   for ax, net in zip(axes[0], nets):
     mine = [r for r in rows if r["network"] == net.plan.title
             and r["figure"] != "12a"]
@@ -625,7 +739,8 @@ def plot_steps(path, nets, rows):
       color = ("0.5" if "fp32" in s else "C0" if s.startswith("Cross") else
                "C3" if LOW_R.label in r["device"] else "C1")
       if r["figure"] == "15":
-        color = "C2" if s.startswith("after") else color
+        color = ("C4" if "circuit" in s else "C2") if s.startswith(
+            "after") else color
         if s.startswith("before"):
           s = f"worst chip: Cross{r['tile_size']},\n{r['device']}"
         elif s.startswith("after"):
@@ -634,19 +749,21 @@ def plot_steps(path, nets, rows):
         else:
           s = s.replace(" network", "")
       s = (s.replace("calibrated ADC ranges", "cal. ADC")
-           .replace("fitted ADC ranges", "fitted ADC"))
+           .replace("fitted ADC ranges", "fitted ADC")
+           .replace(" backward", " bw"))
       labels.append(s.replace(", ", ",\n"))
       accs.append(r["accuracy"])
-      errs.append(r["std"] if r["std"] != "" else 0.0)
+      errs.append(err(r))
       colors.append(color)
     x = np.arange(len(accs))
     ax.bar(x, accs, yerr=errs, color=colors, capsize=3)
     for xi, a in zip(x, accs):
       ax.text(xi, a, f"{a:.3f}", ha="center", va="bottom", fontsize=6.5)
-    lo = max(0.0, min(accs) - 0.05)
-    ax.set_ylim(lo, min(1.0, max(accs) + 0.02))
-    ax.set_xticks(x, labels, rotation=70, fontsize=6.5)
-    ax.set_ylabel(f"test accuracy ({net.n_test} images)")
+    lo = max(0.0, min(a - e for a, e in zip(accs, errs)) - 0.03)
+    ax.set_ylim(lo, min(1.0, max(a + e for a, e in zip(accs, errs)) + 0.02))
+    ax.set_xticks(x, labels, rotation=70, fontsize=6)
+    ax.set_ylabel(f"test accuracy ({net.n_test} images; mean +- std over "
+                  f"{mine[0]['n_seeds']} seeds)", fontsize=8)
     ax.set_title(f"{net.plan.title} on {short(net)}: Cross{FIG14_SIZE} "
                  "(fig. 14), worst chip re-trained (fig. 15, right)",
                  fontsize=9)
@@ -668,10 +785,19 @@ def main():
   parser.add_argument("--models", nargs="+", default=["lenet5", "convnet"],
                       choices=["lenet5", "convnet"],
                       help="the networks studied (default: both)")
-  parser.add_argument("--seed", type=int, default=0,
-                      help="the config's seed: data order, initialization "
-                      "and chip instances (work directories of seeds other "
-                      "than 0 end in _s<seed>)")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                      help="the configs' seeds, each one study: data order, "
+                      "initialization and chip instances (work directories "
+                      "of seeds other than 0 end in _s<seed>); tables show "
+                      "mean +- sample std over them")
+  parser.add_argument("--seed", type=int, default=None,
+                      help="one seed (the same as --seeds SEED)")
+  parser.add_argument("--backwards", nargs="+",
+                      default=["straight_through", "circuit_interpolated"],
+                      choices=["straight_through", "circuit_interpolated",
+                               "circuit"],
+                      help="fig. 15's re-training gradients "
+                      "(`retrain.backward`) with the default calibration")
   parser.add_argument("--quick", action="store_true",
                       help="smoke run (~2-3 min): fewer epochs, sizes and "
                       "test images; outputs in WORKDIR/figures")
@@ -679,6 +805,10 @@ def main():
                       help="output directory (default docs/figures, "
                       "WORKDIR/figures with --quick)")
   args = parser.parse_args()
+  if args.seed is not None:
+    args.seeds = [args.seed]
+  if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+    parser.error(f"--seeds {args.seeds}: distinct integers >= 0")
   start = time.perf_counter()
   command = shlex.join(
       ["python", os.path.relpath(os.path.abspath(sys.argv[0]), REPO)]
@@ -704,21 +834,35 @@ def main():
     for plan in plans(args):
       if plan.model not in args.models:
         continue
-      net = Network(plan, args, times, used)
-      nets.append(net)
-      rows += study(net)
+      fig15 = None  # The first seed's worst chip, re-trained on every seed.
+      for seed in args.seeds:
+        net = Network(plan, args, seed, times, used)
+        nets.append(net)
+        mine = study(net, tuple(args.backwards), fig15)
+        rows += mine
+        before = next((r for r in mine if r["figure"] == "15"), None)
+        if before is not None and fig15 is None:
+          fig15 = (next(d.tag for d in DEVICES
+                        if d.label == before["device"]),
+                   int(before["tile_size"]))
   finally:
+    # Merged with the file's: concurrent invocations (one seed each) share
+    # the work directory.
+    if os.path.exists(times_path):
+      with open(times_path) as f:
+        times = {**json.load(f), **times}
     with open(times_path, "w") as f:
       json.dump(times, f, indent=2, sort_keys=True)
   wall = time.perf_counter() - start
   compute = sum(times.get(k, 0.0) for k in used)
+  seed_rows, rows = rows, aggregate(rows)
   text = markdown(nets, rows, command, wall, compute)
   paths = {name: os.path.join(out, name) for name in (
       "rxnn_study.md", "rxnn_study.csv", "rxnn_size.png",
       "rxnn_nonidealities.png")}
   with open(paths["rxnn_study.md"], "w") as f:
     f.write(text)
-  write_csv(paths["rxnn_study.csv"], rows)
+  write_csv(paths["rxnn_study.csv"], seed_rows, rows)
   plot_sizes(paths["rxnn_size.png"], nets, rows)
   plot_steps(paths["rxnn_nonidealities.png"], nets, rows)
   print("\n" + text)

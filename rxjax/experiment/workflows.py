@@ -23,6 +23,14 @@ from rxjax.experiment.training import train
 from rxjax.experiment.workdir import Workdir, write_json
 
 
+def xla_flags() -> str:
+  """The `XLA_FLAGS` this process compiled with, as `summary.json` and
+  `eval.json` record them: the same seed and config give the same bits
+  only under the same flags (an LLVM optimization level, for one, changes
+  the float32 rounding of a training step; docs/distributed.md)."""
+  return " ".join(os.environ.get("XLA_FLAGS", "").split())
+
+
 def _cross(size):
   """The name results use for a tile size: `cross64`."""
   return f"cross{size}"
@@ -113,6 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                    "digital")
   summary["checkpoints"] = wd.checkpoints  # What the numbers came from.
   summary["devices"] = distributed.devices_info(run.mesh)
+  summary["xla_flags"] = xla_flags()
   summary["seconds"] = time.time() - start
   wd.write_json("summary.json", summary)
   print(table(summary))
@@ -148,6 +157,7 @@ def _txsim(config, run: Setup, wd: Workdir, start: float) -> dict:
     print(f"  {name}: {summary[name]:.4f}", flush=True)
   summary["checkpoints"] = wd.checkpoints
   summary["devices"] = distributed.devices_info(run.mesh)
+  summary["xla_flags"] = xla_flags()
   summary["seconds"] = time.time() - start
   wd.write_json("summary.json", summary)
   if wd.main:
@@ -229,6 +239,7 @@ def _write_eval(wd: str, run: Setup, result: dict, start: float,
   """Adds the devices and the seconds to `result`, writes it as eval.json
   (process 0) and prints it as `tabulate` makes it a table."""
   result["devices"] = distributed.devices_info(run.mesh)
+  result["xla_flags"] = xla_flags()
   result["seconds"] = time.time() - start
   path = os.path.join(wd, "eval.json")
   if distributed.is_main():
