@@ -53,11 +53,13 @@ def _geff_impl(g, resistances, kinds, method):
   # Tiles are solved in cache-sized groups: one vmap over thousands of tiles
   # streams every intermediate through memory and runs several times slower.
   group = max(1, _GROUP_ELEMENTS // (m * n))
-  if method == "nested":
+  if method == "nested" and m * n >= _ONE_AT_A_TIME:
     # One tile at a time: the reverse-mode derivative of a vmapped group of
     # nested-dissection solves (eight 128 x 128 tiles) crashes XLA:CPU in a
     # YNNPACK matrix-product kernel (docs/performance.md); one tile per
-    # step of the map runs, and its forward solve is as fast.
+    # step of the map runs, and its forward solve is as fast. Smaller tiles
+    # keep their groups, so a small batch stays one vmap and, under jit,
+    # keeps the sharding of its tile axis.
     group = 1
   if flat.shape[0] <= group:
     out = jax.vmap(fn)(flat)
@@ -67,6 +69,7 @@ def _geff_impl(g, resistances, kinds, method):
 
 
 _GROUP_ELEMENTS = 2**17  # tiles per group x M x N; 32 tiles of 64 x 64
+_ONE_AT_A_TIME = 128 * 128  # Nested dissection from this M x N on.
 _geff_jit = jax.jit(_geff_impl, static_argnums=(2, 3))
 _METHODS = ("auto", "sweep", "nested")
 
@@ -90,7 +93,10 @@ def effective_conductance(g, wires: Wires, *,
   Placement: the shardings of `g` decide, eager or under jit. To share a
   large batch of tiles among devices, shard its tile axis inside jit:
   `crossbar.solve(..., mesh=)` does (`jax.shard_map`, each device its own
-  tiles).
+  tiles). Plain jit keeps a sharded tile axis sharded except for nested
+  dissection from 128 x 128 on, which solves one tile per step of a
+  `lax.map` (a YNNPACK workaround, below) that XLA runs on a gathered
+  batch: shard those through `crossbar.solve`.
 
   Returns:
     `[..., M, N]` array in the dtype of `g`. Forward: `i_out = v @ G_eff`
