@@ -28,6 +28,7 @@ a function is called (STYLE: host setup lives in the program).
 from __future__ import annotations
 
 import collections
+import math
 import socket
 import sys
 import time
@@ -271,26 +272,55 @@ def is_main() -> bool:
 
 
 def global_batches(mesh: Mesh, x: np.ndarray, y: np.ndarray,
-                   batch_size: int, *, key_or_seed, shuffle: bool = True):
+                   batch_size: int, *, key_or_seed, shuffle: bool = True,
+                   multiple: int = 1):
   """One epoch of `(x, y)` global batches split over `mesh`.
 
   Every process draws the same order (`rxjax.data.batches` with the same
-  key), pads each batch to a multiple of the mesh size (so the last, short
-  batch keeps every process in step) and loads only its share. Padded rows
-  repeat the batch's inputs and carry label -1, which the losses and
-  accuracies skip; every real example appears exactly once per epoch.
+  key), pads each batch to a multiple of the mesh size and of `multiple`
+  (so the last, short batch keeps every process in step, and a training
+  step's gradient blocks are equal: `gradient_blocks`) and loads only its
+  share. Padded rows repeat the batch's inputs and carry label -1, which
+  the losses and accuracies skip; every real example appears exactly once
+  per epoch.
 
   Yields:
-    `(x, y)`: global arrays of `padded_size(batch_size, mesh size)` rows.
+    `(x, y)`: global arrays of `padded_size(batch_size, lcm(mesh size,
+    multiple))` rows.
   """
   from rxjax import data as data_lib  # pylint: disable=g-import-not-at-top
-  rows = padded_size(batch_size, mesh_size(mesh))
+  rows = padded_size(batch_size, math.lcm(mesh_size(mesh), multiple))
   for xb, yb in data_lib.batches(x, y, batch_size, key_or_seed=key_or_seed,
                                  shuffle=shuffle):
     share = process_share(rows, mesh)
     xb = pad_rows(xb, rows)[share]
     yb = pad_rows(np.asarray(yb, np.int32), rows, fill=-1)[share]
     yield shard_batch(mesh, xb, yb, global_rows=rows)
+
+
+def gradient_blocks(blocks: int, mesh: Mesh | None) -> int:
+  """The gradient blocks of a data-parallel step: the least multiple of
+  `blocks` (`config.grad_blocks`) that the mesh's devices share evenly."""
+  if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+    raise ValueError(f"`grad_blocks` must be an int >= 1 here, got "
+                     f"{blocks!r}")
+  return blocks if mesh is None else math.lcm(blocks, mesh_size(mesh))
+
+
+def block_sum(tree):
+  """Every leaf summed over its leading axis as a pairwise tree in index
+  order, ((b0 + b1) + (b2 + b3)) + ...: the same additions whatever device
+  computed each term, so the same rounding on any device count (unlike a
+  reduction, whose order XLA picks for the shapes at hand)."""
+
+  def pairwise(a):
+    parts = [a[i] for i in range(a.shape[0])]
+    while len(parts) > 1:
+      parts = [parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i]
+               for i in range(0, len(parts), 2)]
+    return parts[0]
+
+  return jax.tree.map(pairwise, tree)
 
 
 def on_mesh(tree, mesh: Mesh):

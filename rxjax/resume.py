@@ -31,7 +31,8 @@ INERT = frozenset({"log_every_steps", "eval.batch_size"})
 # What the digital training reads.
 DIGITAL = frozenset({
     "model", "dataset", "data_dir", "image_size", "seed", "batch_size",
-    "num_epochs", "optimizer", "learning_rate", "momentum", "weight_decay"})
+    "grad_blocks", "num_epochs", "optimizer", "learning_rate", "momentum",
+    "weight_decay"})
 # Files of finished evaluations, recomputed after an accepted change.
 RESULTS = ("results.json", "summary.json", "eval.json")
 

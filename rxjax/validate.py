@@ -398,6 +398,8 @@ def check(config, *, entry: str = "train_and_evaluate") -> Plan:
     _float(config, "momentum", low=0, high=1, high_open=True)
   _float(config, "weight_decay", low=0)
   _int(config, "log_every_steps", 0)
+  if "grad_blocks" in config:
+    _int(config, "grad_blocks", 0)
   _int(config, "eval.num_chips", 0)
   _int(config, "eval.batch_size", 1)
   _int(config, "eval.calibration_size", 1)
@@ -544,8 +546,9 @@ def unused_fields(config, entry: str = "train_and_evaluate"
   if chip.get("dac_model", "ideal") == "ideal":
     add(["chip.dac_r_pd_ohm", "chip.dac_v_ref", "chip.dac_nominal_load"],
         "with chip.dac_model 'ideal'")
-  training = ["batch_size", "num_epochs", "optimizer", "learning_rate",
-              "momentum", "weight_decay", "log_every_steps", "mode",
+  training = ["batch_size", "grad_blocks", "num_epochs", "optimizer",
+              "learning_rate", "momentum", "weight_decay",
+              "log_every_steps", "mode",
               "init_workdir", "eval.tile_sizes", "retrain.num_epochs",
               "retrain.learning_rate", "retrain.tile_size",
               "retrain.backward"]

@@ -308,6 +308,46 @@ def test_eval_of_a_txsim_workdir_evaluates_the_networks_trained_on_chips(
     assert json.load(f)["cross_ni"] == summary["cross_ni"]
 
 
+@pytest.mark.parametrize("chip", [False, True])
+def test_gradient_blocks_give_the_whole_batch_mean_gradient(chip):
+  """A step differentiated in 4 blocks (`grad_blocks`, the default) moves
+  the weights as the whole batch's mean gradient does (`grad_blocks=0`:
+  one `jax.grad` of the mean loss), digital and re-training on a chip
+  (straight-through), with padding rows (label -1) that count for
+  nothing: their inputs are changed and nothing changes."""
+  import optax
+  config = _config()
+  run = experiment.setup(config)
+  spec = experiment.chip_spec(config.chip) if chip else None
+  opt = optax.sgd(1.0)  # The update is the gradient.
+  x = np.asarray(run.data.x_train[:40])
+  y = np.asarray(run.data.y_train[:40]).copy()
+  y[-6:] = -1  # Padding rows.
+  variables = experiment.init_variables(run.model, x, 0)
+  state = {"variables": variables, "opt_state": opt.init(variables["params"])}
+  chips = (rnn.program(run.model, variables, x, spec, key=jax.random.key(2))
+           if chip else None)
+  whole = experiment.train_step(run.model, opt, spec, grad_blocks=0)(
+      state, chips, x, y)
+  x_other = x.copy()
+  x_other[-6:] = 0.5  # What padding rows hold must not matter.
+  step = experiment.train_step(run.model, opt, spec, grad_blocks=4)
+  blocked = step(state, chips, x_other, y)
+  np.testing.assert_allclose(float(blocked[2]), float(whole[2]), rtol=1e-6)
+  assert float(blocked[3]) == float(whole[3])  # Accuracy of the 34 rows.
+  moved = 0.0
+  for a, b, w in zip(jax.tree.leaves(blocked[0]["variables"]["params"]),
+                     jax.tree.leaves(whole[0]["variables"]["params"]),
+                     jax.tree.leaves(variables["params"])):
+    step_b, step_w = np.asarray(a) - w, np.asarray(b) - w
+    np.testing.assert_allclose(step_b, step_w, rtol=1e-4,
+                               atol=1e-6 * np.abs(step_w).max())
+    moved = max(moved, float(np.abs(step_w).max()))
+  assert moved > 1e-3
+  with pytest.raises(ValueError, match="gradient blocks"):
+    step(state, chips, x[:38], y[:38])  # 38 rows do not split into 4.
+
+
 def test_the_programming_step_equals_program_then_step():
   """TxSim's exact FCM step (`program=True`: programs inside its forward
   pass) gives the loss, weights and chips of `nn.program` followed by the

@@ -170,22 +170,37 @@ def _place(a, sharding: jax.sharding.NamedSharding):
   return jax.lax.with_sharding_constraint(a, sharding)
 
 
+# A network's tiles on a mesh are solved in chunks of ceil(T / _CHUNKS)
+# tiles (`_solve_tiles`).
+_CHUNKS = 8
+
+
 def _solve_tiles(flat, spec: ChipSpec, mesh):
   """`_effective` of `[T, M, N]` tiles, their axis sharded over `mesh`.
 
   Every tile's solve is independent, so each device solves its own share
   and nothing is communicated. The tile axis is split over all devices of
-  the mesh (its axes flattened) after zero tiles pad it to a multiple of the
-  device count; they solve to zeros and are dropped.
+  the mesh (its axes flattened) after zero tiles pad it to a whole number
+  of chunks per device; they solve to zeros and are dropped. Each device
+  solves its chunks one after another, and a chunk's size depends only on
+  T, so every tile is solved by the same program on any device count, and
+  its `G_eff` is the same to the last bit (a solve's roundings depend on
+  how many tiles it is vmapped over).
   """
   if mesh is None:
     return _effective(flat, spec)
   count = flat.shape[0]
-  flat = jnp.pad(flat, ((0, -count % mesh.size), (0, 0), (0, 0)))
+  chunk = -(-count // _CHUNKS)
+  flat = jnp.pad(flat, ((0, -count % (mesh.size * chunk)), (0, 0), (0, 0)))
   tiles = jax.sharding.PartitionSpec(mesh.axis_names)
   flat = _place(flat, jax.sharding.NamedSharding(mesh, tiles))
   bwd = spec.backward == "transposed_read"
-  fn = lambda g: _effective(g, spec)[:1 + bwd]
+
+  def fn(g):
+    chunks = g.reshape((-1, chunk) + g.shape[1:])
+    out = jax.lax.map(lambda c: _effective(c, spec)[:1 + bwd], chunks)
+    return tuple(a.reshape(g.shape) for a in out)
+
   # Nothing is reduced over devices, so the varying-axes type check (which
   # rejects the solver scans' unvarying initial carries) has nothing to
   # guard.

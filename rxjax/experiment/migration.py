@@ -29,7 +29,8 @@ ADDED_FIELDS = {"chip.pair_subtraction": "digital",
                                 "pair_subtraction", "inputs")},
                 "retrain.gain_correction": "none",
                 "retrain.adc_range": "calibrated",
-                "retrain.backward": "straight_through"}
+                "retrain.backward": "straight_through",
+                "grad_blocks": 0}
 
 
 # Where a run is placed, not what it computes: a work directory resumes with

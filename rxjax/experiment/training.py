@@ -95,7 +95,7 @@ def checkpoint_manager(workdir: Workdir, phase: str) -> ocp.CheckpointManager:
 def train_step(model, opt: optax.GradientTransformation,
                spec: crossbar.ChipSpec | None = None, *, has_stats: bool = False,
                program: bool = False, mesh: jax.sharding.Mesh | None = None,
-               backward: str = "straight_through"):
+               backward: str = "straight_through", grad_blocks: int = 4):
   """The jitted training step that `train` runs.
 
   `step(state, chips, x, y) -> (state, chips, loss, accuracy)` with `state =
@@ -120,9 +120,23 @@ def train_step(model, opt: optax.GradientTransformation,
 
   Data-parallel over `mesh` (DESIGN 6): pass `x` and `y` split over its
   axis (`distributed.global_batches`) and the rest replicated; every output
-  comes back replicated, so XLA's collectives (the all-reduce GSPMD
-  inserts) sum the gradient across devices and every device applies the
-  same update. Labels -1 mark padding rows, which count for nothing.
+  comes back replicated and every device applies the same update. Labels
+  -1 mark padding rows, which count for nothing.
+
+  The gradient is the same on every device count that divides
+  `grad_blocks` (`config.grad_blocks`), bit for bit: the batch is cut into
+  `distributed.gradient_blocks(grad_blocks, mesh)` equal blocks (0: no
+  blocks, XLA's all-reduce as below, what rxjax did before), each
+  device differentiates its blocks one by one (the same shapes, so the
+  same kernels and roundings, whatever the device count; XLA:CPU's
+  products round differently for a different number of rows), and the
+  blocks' gradients are gathered and added in a fixed order
+  (`distributed.block_sum`). The batch must split into those blocks. Steps
+  whose forward pass couples the rows of a batch (batch statistics, or
+  `program=True`, which calibrates on the batch) and the circuit-aware
+  backwards (whose solve's derivative would be repeated per block) take the
+  whole local batch at once and let XLA's all-reduce sum the gradient:
+  equal across device counts to float rounding only.
   """
   mutable = ["batch_stats"] if has_stats else []
   if program and spec is None:
@@ -150,10 +164,80 @@ def train_step(model, opt: optax.GradientTransformation,
                               mutable=mutable, **kw)
     return _cross_entropy(logits, y), (logits, new)
 
+  blocks = grad_blocks and distributed.gradient_blocks(grad_blocks, mesh)
+  blocked = bool(blocks) and not (has_stats or program
+                                  or backward != "straight_through")
+
+  def block_loss(params, variables, chips, x, y, count):
+    # One block's share of the batch's mean loss: its labelled rows' summed
+    # cross-entropy over the batch's count of labelled rows.
+    v = {**variables, "params": params}
+    logits = (model.apply(v, x, train=True) if spec is None else
+              rnn.apply(model, v, chips, x, spec, train=True))
+    real = y >= 0
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.where(real, y, 0))
+    return jnp.sum(jnp.where(real, ce, 0)) / count, logits
+
+  def blocked_grad(params, variables, chips, x, y, axis):
+    # (loss, logits, grads, chips) of the batch from its blocks; `axis`: the
+    # mesh axis `x` and `y` are split over here (inside shard_map), or None.
+    if spec is not None:
+      # The current weights onto the chips with the stored distortion, once
+      # (it does not depend on the inputs); every block reads them.
+      _, new = rnn.apply(model, {**variables, "params": params}, chips,
+                         x[:1], spec, refresh=True, train=True)
+      chips = new[rnn.COLLECTION]
+    count = jnp.sum(y >= 0)
+    if axis is not None:
+      count = jax.lax.psum(count, axis)
+    count = jnp.maximum(count, 1).astype(jnp.float32)
+    here = blocks // (1 if axis is None else distributed.mesh_size(mesh))
+    xb = x.reshape((here, -1) + x.shape[1:])
+    yb = y.reshape((here, -1))
+    grad_fn = jax.value_and_grad(block_loss, has_aux=True)
+    # A Python loop, not lax.map or vmap: a vmap merges the blocks into
+    # larger products (other roundings) and XLA:CPU runs a loop's body
+    # several times slower; unrolled blocks cost about one whole-batch step.
+    outs = [grad_fn(params, variables, chips, xb[i], yb[i], count)
+            for i in range(here)]
+    (loss, logits), grads = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    if axis is not None:
+      gather = lambda a: jax.lax.all_gather(a, axis, tiled=True)
+      loss, logits, grads = jax.tree.map(gather, (loss, logits, grads))
+    logits = logits.reshape((-1,) + logits.shape[2:])
+    return (distributed.block_sum(loss), logits,
+            distributed.block_sum(grads), chips)
+
+  def value_and_grad(variables, chips, x, y):
+    # ((loss, (logits, new collections)), grads) of the step.
+    params = variables["params"]
+    if not blocked:
+      return jax.value_and_grad(loss_fn, has_aux=True)(
+          params, variables, chips, x, y)
+    if x.shape[0] % blocks:
+      raise ValueError(
+          f"a batch of {x.shape[0]} rows does not split into the step's "
+          f"{blocks} gradient blocks (`grad_blocks`): pad it "
+          "(distributed.global_batches(multiple=))")
+    fn = functools.partial(blocked_grad, axis=None)
+    if mesh is not None:
+      rep, rows = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec(
+          distributed.AXIS)
+      # Every output is the same on every device (gathered, or computed
+      # from replicated inputs only), which the varying-axes check cannot
+      # see through the gathers' tree sum.
+      fn = jax.shard_map(functools.partial(blocked_grad,
+                                           axis=distributed.AXIS),
+                         mesh=mesh, in_specs=(rep, rep, rep, rows, rows),
+                         out_specs=rep, check_vma=False)
+    loss, logits, grads, chips = fn(params, variables, chips, x, y)
+    new = {} if spec is None else {rnn.COLLECTION: chips}
+    return (loss, (logits, new)), grads
+
   def step(state, chips, x, y):
     variables, opt_state = state["variables"], state["opt_state"]
-    (loss, (logits, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        variables["params"], variables, chips, x, y)
+    (loss, (logits, new)), grads = value_and_grad(variables, chips, x, y)
     updates, opt_state = opt.update(grads, opt_state, variables["params"])
     params = optax.apply_updates(variables["params"], updates)
     variables = {**variables, "params": params}
@@ -220,8 +304,9 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
         lambda r: r.get("phase") in (phase, f"{phase}/steps")
         and r.get("step", 0) > start * steps_per_epoch)
   has_stats = "batch_stats" in variables
+  grad_blocks = config.get("grad_blocks", 4)
   step = train_step(model, opt, spec, has_stats=has_stats, mesh=mesh,
-                    backward=backward)
+                    backward=backward, grad_blocks=grad_blocks)
   exact_step = None
   if spec is not None and program_every:
     exact_step = train_step(model, opt, spec, has_stats=has_stats,
@@ -246,7 +331,9 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     losses, accs = [], []
     for i, (x, y) in enumerate(distributed.global_batches(
         mesh, data.x_train, data.y_train, config.batch_size,
-        key_or_seed=key)):
+        key_or_seed=key,
+        multiple=grad_blocks and distributed.gradient_blocks(
+            grad_blocks, mesh) or 1)):
       if exact_step is not None and i % program_every == 0:
         state, chips, loss, acc = exact_step(state, chip_key, x, y)
       else:
