@@ -53,13 +53,19 @@ def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
   return opt
 
 
-def _cross_entropy(logits, labels):
-  """Mean over the rows with a label >= 0 (-1: padding of a short batch,
+def _summed_cross_entropy(logits, labels):
+  """Sum over the rows with a label >= 0 (-1: padding of a short batch,
   `distributed.global_batches`)."""
   real = labels >= 0
   ce = optax.softmax_cross_entropy_with_integer_labels(
       logits, jnp.where(real, labels, 0))
-  return jnp.sum(jnp.where(real, ce, 0)) / jnp.maximum(jnp.sum(real), 1)
+  return jnp.sum(jnp.where(real, ce, 0))
+
+
+def _cross_entropy(logits, labels):
+  """Mean over the rows with a label >= 0."""
+  return _summed_cross_entropy(logits, labels) / jnp.maximum(
+      jnp.sum(labels >= 0), 1)
 
 
 def _accuracy(logits, labels):
@@ -174,10 +180,7 @@ def train_step(model, opt: optax.GradientTransformation,
     v = {**variables, "params": params}
     logits = (model.apply(v, x, train=True) if spec is None else
               rnn.apply(model, v, chips, x, spec, train=True))
-    real = y >= 0
-    ce = optax.softmax_cross_entropy_with_integer_labels(
-        logits, jnp.where(real, y, 0))
-    return jnp.sum(jnp.where(real, ce, 0)) / count, logits
+    return _summed_cross_entropy(logits, y) / count, logits
 
   def blocked_grad(params, variables, chips, x, y, axis):
     # (loss, logits, grads, chips) of the batch from its blocks; `axis`: the
