@@ -300,11 +300,13 @@ def global_batches(mesh: Mesh, x: np.ndarray, y: np.ndarray,
 
 def gradient_blocks(blocks: int, mesh: Mesh | None) -> int:
   """The gradient blocks of a data-parallel step: the least multiple of
-  `blocks` (`config.grad_blocks`) that the mesh's devices share evenly."""
-  if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
-    raise ValueError(f"`grad_blocks` must be an int >= 1 here, got "
-                     f"{blocks!r}")
-  return blocks if mesh is None else math.lcm(blocks, mesh_size(mesh))
+  `blocks` (`config.grad_blocks`) that the mesh's devices share evenly; 0
+  for 0 (no blocks)."""
+  if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
+    raise ValueError(f"`grad_blocks` must be an int >= 0, got {blocks!r}")
+  if not blocks or mesh is None:
+    return blocks
+  return math.lcm(blocks, mesh_size(mesh))
 
 
 def block_sum(tree):

@@ -98,10 +98,15 @@ def checkpoint_manager(workdir: Workdir, phase: str) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
 
 
+# `config.grad_blocks` where a config leaves it out (configs/lenet_mnist.py).
+GRAD_BLOCKS = 4
+
+
 def train_step(model, opt: optax.GradientTransformation,
                spec: crossbar.ChipSpec | None = None, *, has_stats: bool = False,
                program: bool = False, mesh: jax.sharding.Mesh | None = None,
-               backward: str = "straight_through", grad_blocks: int = 4):
+               backward: str = "straight_through",
+               grad_blocks: int = GRAD_BLOCKS):
   """The jitted training step that `train` runs.
 
   `step(state, chips, x, y) -> (state, chips, loss, accuracy)` with `state =
@@ -170,7 +175,7 @@ def train_step(model, opt: optax.GradientTransformation,
                               mutable=mutable, **kw)
     return _cross_entropy(logits, y), (logits, new)
 
-  blocks = grad_blocks and distributed.gradient_blocks(grad_blocks, mesh)
+  blocks = distributed.gradient_blocks(grad_blocks, mesh)
   blocked = bool(blocks) and not (has_stats or program
                                   or backward != "straight_through")
 
@@ -307,7 +312,7 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
         lambda r: r.get("phase") in (phase, f"{phase}/steps")
         and r.get("step", 0) > start * steps_per_epoch)
   has_stats = "batch_stats" in variables
-  grad_blocks = config.get("grad_blocks", 4)
+  grad_blocks = config.get("grad_blocks", GRAD_BLOCKS)
   step = train_step(model, opt, spec, has_stats=has_stats, mesh=mesh,
                     backward=backward, grad_blocks=grad_blocks)
   exact_step = None
@@ -335,8 +340,7 @@ def train(config, run: Setup, workdir: Workdir, *, phase: str, epochs: int,
     for i, (x, y) in enumerate(distributed.global_batches(
         mesh, data.x_train, data.y_train, config.batch_size,
         key_or_seed=key,
-        multiple=grad_blocks and distributed.gradient_blocks(
-            grad_blocks, mesh) or 1)):
+        multiple=max(distributed.gradient_blocks(grad_blocks, mesh), 1))):
       if exact_step is not None and i % program_every == 0:
         state, chips, loss, acc = exact_step(state, chip_key, x, y)
       else:
